@@ -1,0 +1,36 @@
+# The environment lives in .venv; every target creates or refreshes it first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+WORK ?= work
+
+.PHONY: run test lint format bench clean
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,gcp]'
+	touch $(STAMP)
+
+# The main job on the embedded default: generate -> train -> evaluate -> export -> predict.
+run: $(STAMP)
+	bash scripts/run_default.sh $(WORK)
+
+# The whole suite, linter included.
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench all
+
+clean:
+	rm -rf $(WORK) build dist *.egg-info .pytest_cache

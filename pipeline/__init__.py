@@ -1,0 +1,1 @@
+"""Moving-line data: the sequence generator, the Beam/TFDS builder and its commands."""

@@ -1,0 +1,39 @@
+"""moving-line: moving-line videos as a Beam-built TFDS dataset, and a CNN-LSTM trainer."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+BEAM = "apache-beam>=2.77,<3"
+TENSORFLOW = "tensorflow>=2.21,<2.22"
+
+setup(
+    name="moving-line",
+    version="0.1.0",
+    description="Generate moving-line videos with Apache Beam as a TFDS dataset; train a CNN-LSTM on them.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "trainer", "trainer.*"]),
+    # The dataset card travels with the builder (sdists for Dataflow workers included).
+    package_data={"pipeline.moving_line": ["README.md", "CITATIONS.bib", "TAGS.txt"]},
+    include_package_data=True,
+    install_requires=[
+        TENSORFLOW,
+        BEAM,
+        "tensorflow-datasets>=4.9.10,<4.10",
+        "numpy>=1.26,<3",
+        "pyyaml>=6",
+        "tensorboard>=2.21,<2.22",  # TensorFlow 2.21 does not install it; the trainer writes logs for it
+        "matplotlib>=3.8",
+        "pillow>=10",
+        # tensorflow-datasets uses these without declaring them.
+        "importlib_resources>=6",
+        "mlcroissant>=1.0",  # the `tfds` command line
+    ],
+    extras_require={
+        "gcp": [f"{BEAM.replace('apache-beam', 'apache-beam[gcp]')}"],
+        "and-cuda": [TENSORFLOW.replace("tensorflow", "tensorflow[and-cuda]")],
+        "test": ["pytest>=8", "dill>=0.3", "hypothesis>=6.100", "scipy>=1.11", "ruff>=0.6", "build>=1.2"],
+    },
+)

@@ -1,0 +1,99 @@
+"""The SavedModel: a `video` uint8 input, probability and class name out, loadable with TensorFlow alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run_command
+
+from pipeline import generator
+from trainer import export
+from trainer import model as model_lib
+
+SIZE = 8
+
+# Runs in a fresh interpreter that imports TensorFlow and nothing of this package.
+LOAD_WITHOUT_PROJECT = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+outputs = serve(video=tf.constant(np.load(sys.argv[2])))
+spec = serve.structured_input_signature[1]
+print(json.dumps({
+    "inputs": {name: [s.dtype.name, s.shape.as_list()] for name, s in spec.items()},
+    "outputs": {name: [t.dtype.name, t.shape.as_list()] for name, t in outputs.items()},
+    "probability_right": outputs["probability_right"].numpy().tolist(),
+    "class_name": [name.decode() for name in outputs["class_name"].numpy()],
+    "project_imported": sorted(m for m in sys.modules if m.split(".")[0] in ("pipeline", "trainer", "bench")),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A size-8 model trained for a moment (so that it tells the classes apart), exported both ways."""
+    folder = tmp_path_factory.mktemp("export")
+    keras_model = model_lib.compile_model(model_lib.build_model({"size": SIZE}), learning_rate=0.01)
+    train = generator.generate(0, "train", 0, 512, SIZE)
+    keras_model.fit(train["video"], train["label"], batch_size=32, epochs=2, verbose=0)
+    export_dir = export.export_saved_model(keras_model, str(folder / "export"), ["left", "right"])
+    keras_path = export.save_keras(keras_model, str(folder / "model.keras"))
+    videos = generator.generate(11, "test", 0, 16, SIZE)["video"]
+    np.save(folder / "videos.npy", videos)
+    return {
+        "model": keras_model,
+        "export_dir": export_dir,
+        "keras_path": keras_path,
+        "videos": videos,
+        "folder": folder,
+    }
+
+
+def test_the_saved_model_loads_without_this_package_and_predicts_what_keras_predicts(exported):
+    result = run_command("-c", LOAD_WITHOUT_PROJECT, exported["export_dir"], str(exported["folder"] / "videos.npy"))
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["project_imported"] == []
+    assert loaded["inputs"] == {"video": ["uint8", [None, SIZE, SIZE, SIZE, 1]]}
+    assert loaded["outputs"]["probability_right"] == ["float32", [16]]
+    assert loaded["outputs"]["class_name"] == ["string", [16]]
+    expected = exported["model"].predict(exported["videos"], verbose=0).reshape(-1)
+    assert 0.05 < np.mean(expected > 0.5) < 0.95, "the model should predict both classes"
+    np.testing.assert_allclose(loaded["probability_right"], expected, atol=1e-6)
+    assert loaded["class_name"] == ["right" if p > 0.5 else "left" for p in expected]
+
+
+def test_the_serving_function_eagerly_and_in_a_dataset_map(exported):
+    serve = export.serving_function(exported["model"], ["left", "right"])
+    videos = tf.constant(exported["videos"][:4])
+    eager = serve(videos)
+    assert eager["probability_right"].dtype == tf.float32 and eager["probability_right"].shape == (4,)
+    assert eager["class_id"].dtype == tf.int64
+    mapped = next(iter(tf.data.Dataset.from_tensors(videos).map(serve)))
+    np.testing.assert_allclose(mapped["probability_right"], eager["probability_right"], atol=1e-6)
+    np.testing.assert_array_equal(mapped["class_name"], eager["class_name"])
+    np.testing.assert_array_equal(
+        eager["class_name"], np.where(eager["class_id"].numpy() == 1, b"right", b"left").astype(object)
+    )
+
+
+def test_the_keras_file_predicts_what_the_saved_model_predicts(exported):
+    import keras
+
+    reloaded = keras.models.load_model(exported["keras_path"])
+    serve = tf.saved_model.load(exported["export_dir"]).signatures["serving_default"]
+    np.testing.assert_allclose(
+        reloaded.predict(exported["videos"], verbose=0).reshape(-1),
+        serve(video=tf.constant(exported["videos"]))["probability_right"].numpy(),
+        atol=1e-6,
+    )
+
+
+def test_exporting_again_replaces_the_export_and_leaves_no_partial_folder(exported):
+    folder = exported["folder"]
+    export.export_saved_model(exported["model"], str(folder / "export"), ["left", "right"])
+    assert sorted(path.name for path in folder.iterdir()) == ["export", "model.keras", "videos.npy"]

@@ -1,0 +1,118 @@
+"""The tf.data input: decoding on tiny tensors (eagerly and in Dataset.map), then the real small dataset."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from conftest import SMALL
+
+from pipeline import generator
+from pipeline.cli import UsageError
+from trainer import config as config_lib
+from trainer import input_pipeline
+
+SIZE = 3
+
+
+def tiny_video_feature():
+    return tfds.features.Tensor(shape=(SIZE, SIZE, SIZE, 1), dtype=np.uint8, encoding="zlib")
+
+
+def tiny_example(label: int):
+    video = generator.render(np.array([label]), np.array([[0, 1, 2]], np.uint8))[0]
+    return video, {"video": tf.constant(zlib.compress(video.tobytes())), "label": tf.constant(label, tf.int64)}
+
+
+def test_decode_video_eagerly():
+    video, example = tiny_example(1)
+    decoded = input_pipeline.decode_video(example["video"], tiny_video_feature())
+    assert decoded.dtype == tf.uint8 and decoded.shape == (SIZE, SIZE, SIZE, 1)
+    np.testing.assert_array_equal(decoded, video)
+
+
+def test_to_model_inputs_eagerly_and_in_a_dataset_map():
+    feature = tiny_video_feature()
+    pairs = [tiny_example(label) for label in (0, 1)]
+    for video, example in pairs:
+        decoded, label = input_pipeline.to_model_inputs(example, feature)
+        np.testing.assert_array_equal(decoded, video)
+        assert label.dtype == tf.float32 and float(label) == float(example["label"])
+
+    records = tf.data.Dataset.from_tensor_slices(
+        {"video": tf.stack([example["video"] for _, example in pairs]), "label": tf.constant([0, 1], tf.int64)}
+    )
+    mapped = list(records.map(lambda example: input_pipeline.to_model_inputs(example, feature)))
+    for (video, _), (decoded, label), expected in zip(pairs, mapped, (0.0, 1.0), strict=True):
+        np.testing.assert_array_equal(decoded, video)
+        assert float(label) == expected
+
+
+@pytest.fixture(scope="module")
+def builder(small_data_dir):
+    return input_pipeline.load_builder(small_data_dir, SMALL["size"])
+
+
+def small_config(**overrides):
+    return {**config_lib.DEFAULTS, "size": SMALL["size"], "batch_size": 16, **overrides}
+
+
+def test_evaluation_reads_a_split_once_in_stored_order_exactly_as_generated(builder):
+    batches = list(input_pipeline.evaluation_dataset(builder, "test", small_config(batch_size=100)))
+    assert [len(labels) for _, labels in batches] == [100, 100, 56]  # every example once; the last batch short
+    videos = np.concatenate([video for video, _ in batches])
+    labels = np.concatenate([label for _, label in batches])
+    expected = generator.generate(SMALL["seed"], "test", 0, SMALL["num_test"], SMALL["size"])
+    assert videos.dtype == np.uint8
+    np.testing.assert_array_equal(videos, expected["video"])
+    np.testing.assert_array_equal(labels, expected["label"].astype(np.float32))
+
+
+def test_training_batches_have_the_global_batch_size_and_never_end(builder):
+    dataset = input_pipeline.training_dataset(builder, small_config(batch_size=48))
+    assert dataset.element_spec[0].shape.as_list() == [48, 8, 8, 8, 1]  # static: drop_remainder
+    # 30 batches of 48 run past the 1,024 training examples: the stream repeats.
+    batches = list(dataset.take(30))
+    assert len(batches) == 30 and all(video.dtype == tf.uint8 for video, _ in batches)
+
+
+def first_labels(builder, **overrides):
+    dataset = input_pipeline.training_dataset(builder, small_config(batch_size=64, **overrides))
+    return np.concatenate([labels for _, labels in dataset.take(4)])
+
+
+def test_the_deterministic_option_gives_the_same_order_every_time(builder):
+    first = input_pipeline.training_dataset(builder, small_config(deterministic=True, seed=7))
+    second = input_pipeline.training_dataset(builder, small_config(deterministic=True, seed=7))
+    for (video_a, label_a), (video_b, label_b) in zip(first.take(5), second.take(5), strict=True):
+        np.testing.assert_array_equal(video_a, video_b)
+        np.testing.assert_array_equal(label_a, label_b)
+
+
+def test_training_order_is_shuffled_and_the_seed_changes_it(builder):
+    stored = generator.generate(SMALL["seed"], "train", 0, 256, SMALL["size"])["label"].astype(np.float32)
+    shuffled = first_labels(builder, deterministic=True, seed=1)
+    assert not np.array_equal(shuffled, stored)
+    assert not np.array_equal(shuffled, first_labels(builder, deterministic=True, seed=2))
+    assert 0.3 < shuffled.mean() < 0.7  # both classes mixed in, not runs of one
+
+
+def test_the_shuffle_buffer_holds_compressed_records_not_videos(builder):
+    # Shuffling before decoding keeps the buffer at ~100 bytes an example here (about 400 at size 50).
+    records = input_pipeline.read_records(
+        builder, "train", shuffle_files=True, seed=0, cycle_length=4, deterministic=True
+    )
+    assert records.element_spec["video"].dtype == tf.string
+
+
+def test_a_missing_dataset_says_how_to_make_it(tmp_path):
+    with pytest.raises(UsageError, match=r"no moving_line/size_8 dataset .*python -m pipeline.generate"):
+        input_pipeline.load_builder(str(tmp_path), 8)
+
+
+def test_a_dataset_of_another_size_is_not_found(small_data_dir):
+    with pytest.raises(UsageError, match="size_9"):
+        input_pipeline.load_builder(small_data_dir, 9)

@@ -1,0 +1,86 @@
+"""The CNN-LSTM: SPEC.md's layers, shapes and 240,661 parameters, with time folded into the batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from pipeline import generator  # noqa: E402
+from trainer import model as model_lib  # noqa: E402
+
+
+def layer_shapes(model):
+    return {layer.name: (tuple(layer.output.shape), layer.count_params()) for layer in model.layers}
+
+
+def test_the_model_at_size_50_has_the_tutorials_layers_shapes_and_parameter_count():
+    model = model_lib.build_model({"size": 50})
+    assert model.count_params() == 240_661
+    assert layer_shapes(model) == {
+        "video": ((None, 50, 50, 50, 1), 0),
+        "to_float": ((None, 50, 50, 50, 1), 0),
+        "fold_time": ((None, 50, 50, 1), 0),  # 50 frames per video, one image each
+        "conv": ((None, 49, 49, 2), 10),
+        "pool": ((None, 24, 24, 2), 0),
+        "flatten": ((None, 1152), 0),
+        "unfold_time": ((None, 50, 1152), 0),
+        "lstm": ((None, 50), 240_600),
+        "probability_right": ((None, 1), 51),
+    }
+    assert model.input.dtype == "uint8"
+
+
+def test_the_summary_shows_the_layers_and_the_count():
+    lines = []
+    model_lib.build_model({"size": 50}).summary(print_fn=lambda line, **_: lines.append(line))
+    summary = "\n".join(lines)
+    for text in ["conv (Conv2D)", "(None, 49, 49, 2)", "(None, 24, 24, 2)", "(None, 1152)", "lstm (LSTM)", "240,661"]:
+        assert text in summary
+
+
+def test_the_time_distributed_form_has_the_same_parameters():
+    assert model_lib.build_time_distributed_model({"size": 50}).count_params() == 240_661
+
+
+def test_folding_time_computes_exactly_what_time_distributed_computes():
+    folded = model_lib.build_model({"size": 8})
+    wrapped = model_lib.build_time_distributed_model({"size": 8})
+    wrapped.set_weights(folded.get_weights())  # same layers in the same order, so the same weights fit
+    videos = generator.generate(3, "test", 0, 6, 8)["video"]
+    np.testing.assert_allclose(folded.predict(videos, verbose=0), wrapped.predict(videos, verbose=0), atol=1e-6)
+
+
+def test_frames_of_different_videos_do_not_mix():
+    # A batch of two videos must give each the probability it gets alone.
+    model = model_lib.build_model({"size": 8})
+    videos = generator.generate(4, "test", 0, 2, 8)["video"]
+    together = model.predict(videos, verbose=0)
+    alone = np.concatenate([model.predict(videos[i : i + 1], verbose=0) for i in range(2)])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_fold_and_unfold_time_eagerly_and_in_a_dataset_map():
+    import tensorflow as tf
+
+    fold, unfold = model_lib.FoldTime(), model_lib.UnfoldTime(3)
+    videos = tf.reshape(tf.range(2 * 3 * 2 * 2, dtype=tf.float32), [2, 3, 2, 2, 1])
+    images = fold(videos)
+    assert images.shape == (6, 2, 2, 1)
+    np.testing.assert_array_equal(images[4], videos[1, 1])  # video 1, frame 1
+    features = tf.reshape(images, [6, 4])
+    np.testing.assert_array_equal(unfold(features), tf.reshape(videos, [2, 3, 4]))
+
+    mapped = tf.data.Dataset.from_tensors(videos).map(lambda video: unfold(tf.reshape(fold(video), [6, 4])))
+    np.testing.assert_array_equal(next(iter(mapped)), tf.reshape(videos, [2, 3, 4]))
+
+
+def test_the_keras_file_round_trips(tmp_path):
+    model = model_lib.build_model({"size": 8})
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    videos = generator.generate(5, "test", 0, 3, 8)["video"]
+    np.testing.assert_allclose(loaded.predict(videos, verbose=0), model.predict(videos, verbose=0), atol=1e-7)
+    assert loaded.count_params() == model.count_params()

@@ -1,0 +1,249 @@
+"""The generate and show commands end to end, on Beam's FnApiRunner, read back as another project would."""
+
+import hashlib
+import json
+import os
+
+import pytest
+from conftest import SMALL, generate_args, run_command
+
+from pipeline import generator
+
+# Run in a fresh interpreter that never imports this project: prints, per split, the count and a
+# hash of (label, video) in stored order, and whether any project module got imported.
+READ_WITHOUT_PROJECT = """
+import hashlib, json, sys
+import tensorflow_datasets as tfds
+data_dir, name, folder = sys.argv[1:4]
+def digest(dataset):
+    hasher, count = hashlib.sha256(), 0
+    for example in tfds.as_numpy(dataset):
+        hasher.update(bytes([int(example["label"])]) + example["video"].tobytes())
+        count += 1
+    return count, hasher.hexdigest()
+loaded = tfds.load(name, data_dir=data_dir)
+from_folder = tfds.builder_from_directory(folder)
+result = {
+    "load": {split: digest(dataset) for split, dataset in loaded.items()},
+    "from_directory": {split: digest(from_folder.as_dataset(split=split)) for split in from_folder.info.splits},
+    "shape": list(from_folder.info.features["video"].shape),
+    "label_names": from_folder.info.features["label"].names,
+    "video_class": type(from_folder.info.features["video"]).__module__,
+    "project_imported": sorted(m for m in sys.modules if m.split(".")[0] in ("pipeline", "trainer")),
+}
+print(json.dumps(result))
+"""
+
+
+def expected_digests(settings):
+    result = {}
+    for split in generator.SPLITS:
+        count = settings[f"num_{split}"]
+        arrays = generator.generate(settings["seed"], split, 0, count, settings["size"])
+        hasher = hashlib.sha256()
+        for label, video in zip(arrays["label"], arrays["video"], strict=True):
+            hasher.update(bytes([int(label)]) + video.tobytes())
+        result[split] = [count, hasher.hexdigest()]
+    return result
+
+
+def dataset_folder(data_dir, size):
+    return os.path.join(data_dir, "moving_line", f"size_{size}", "1.0.0")
+
+
+def read_without_project(data_dir, name, size):
+    result = run_command("-c", READ_WITHOUT_PROJECT, str(data_dir), name, dataset_folder(data_dir, size), check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_other_projects_read_every_split_exactly_as_generated(small_data_dir):
+    read = read_without_project(small_data_dir, "moving_line/size_8", 8)
+    assert read["project_imported"] == []
+    assert read["shape"] == [8, 8, 8, 1] and read["label_names"] == ["left", "right"]
+    # The video is recorded as TFDS's own Tensor (our faster encoder writes plain zlib).
+    assert read["video_class"] == "tensorflow_datasets.core.features.tensor_feature"
+    # Stored in index order, each example exactly the generator's (seed, split, index) example.
+    assert read["load"] == read["from_directory"] == expected_digests(SMALL)
+
+
+def test_default_config_loads_by_bare_name_and_stays_under_600_bytes(tmp_path):
+    settings = {"size": 50, "num_train": 48, "num_validation": 16, "num_test": 16, "seed": 5}
+    run_command(*generate_args(tmp_path, settings), check=True)
+    read = read_without_project(tmp_path, "moving_line", 50)
+    assert read["shape"] == [50, 50, 50, 1]
+    assert read["load"] == expected_digests(settings)
+    folder = dataset_folder(tmp_path, 50)
+    on_disk = sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder) if ".tfrecord" in name)
+    assert on_disk / 80 <= 600
+
+
+def read_records(path):
+    import tensorflow as tf
+
+    return [tf.train.Example.FromString(record.numpy()) for record in tf.data.TFRecordDataset(path)]
+
+
+def test_one_worker_in_process_writes_the_same_records_as_two_processes(small_data_dir, tmp_path):
+    single = ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+    run_command(*generate_args(tmp_path, extra=single), check=True)
+    two, one = dataset_folder(small_data_dir, 8), dataset_folder(tmp_path, 8)
+    shards = sorted(name for name in os.listdir(two) if ".tfrecord" in name)
+    assert shards and shards == sorted(name for name in os.listdir(one) if ".tfrecord" in name)
+    for name in shards:
+        # Compared as parsed protos: protobuf writes a map's entries in an order that can vary by process.
+        assert read_records(os.path.join(two, name)) == read_records(os.path.join(one, name)), name
+
+
+def test_num_shards_is_honoured(tmp_path):
+    settings = {**SMALL, "num_train": 300, "num_validation": 40, "num_test": 40}
+    run_command(*generate_args(tmp_path, settings, extra=["--num_shards=4"]), check=True)
+    info = read_info(tmp_path)
+    shard_lengths = {split["name"]: [int(n) for n in split["shardLengths"]] for split in info["splits"]}
+    assert shard_lengths["train"] == [75, 75, 75, 75]
+    assert all(len(lengths) == 4 and sum(lengths) == 40 for name, lengths in shard_lengths.items() if name != "train")
+
+
+def read_info(data_dir):
+    with open(os.path.join(dataset_folder(data_dir, 8), "dataset_info.json")) as file:
+        return json.load(file)
+
+
+def snapshot(folder):
+    return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in sorted(os.listdir(folder))}
+
+
+def test_same_settings_again_do_nothing_and_other_settings_are_refused(small_data_dir):
+    folder = dataset_folder(small_data_dir, 8)
+    before = snapshot(folder)
+    again = run_command(*generate_args(small_data_dir))
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    other = run_command(*generate_args(small_data_dir, {**SMALL, "num_train": 1000}))
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1].startswith("pipeline.generate: error:")
+    assert "already holds a dataset built with" in other.stderr
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--size=1"], "--size: size must be between 2 and 255"),
+        (["--size=abc"], "argument --size: expected a whole number"),
+        (["--size=256"], "--size: size must be between 2 and 255"),
+        (["--num_train=-3"], "argument --num_train: expected a number >= 1"),
+        (["--num_train=2.5"], "argument --num_train: expected a whole number"),
+        (["--num_test=0"], "argument --num_test: expected a number >= 1"),
+        (["--seed=-1"], "argument --seed: expected a number >= 0"),
+        (["--num_shards=0"], "argument --num_shards: expected a number >= 1"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_bad_generate_flags_get_one_line_and_exit_2(tmp_path, flags, message):
+    data_dir = tmp_path / "data"
+    result = run_command("-m", "pipeline.generate", f"--data_dir={data_dir}", *flags)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not data_dir.exists()
+
+
+def test_unusable_data_dirs_are_refused(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    for data_dir, message in [(a_file, "is a file"), (a_file / "below", "cannot be created")]:
+        result = run_command("-m", "pipeline.generate", f"--data_dir={data_dir}", "--size=4")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_show_draws_png_strips_and_gif_animations(small_data_dir, tmp_path):
+    from PIL import Image
+
+    png, gif = tmp_path / "strips.png", tmp_path / "moving.gif"
+    for out in (png, gif):
+        result = run_command("-m", "pipeline.show", f"--data_dir={small_data_dir}", "--num=3", f"--out={out}")
+        assert result.returncode == 0, result.stderr
+        assert "drew 3 train sequences" in result.stderr
+    with Image.open(png) as image:
+        assert image.width > 3 * image.height / 2  # strips of frames are wide
+    with Image.open(gif) as image:
+        assert image.n_frames == SMALL["size"]  # one GIF frame per video frame
+    assert sorted(os.listdir(tmp_path)) == ["moving.gif", "strips.png"]  # no leftovers
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--out={tmp}/x.jpg"], "--out must end in .png or .gif"),
+        (["--out={tmp}/missing/x.png"], "does not exist"),
+        (["--out={tmp}/x.png", "--split=dev"], "--split 'dev' not in the dataset"),
+        (["--out={tmp}/x.png", "--size=9"], "no moving_line/size_9"),
+        (["--out={tmp}/x.png", "--num=0"], "expected a number >= 1"),
+    ],
+)
+def test_bad_show_flags_get_one_line_and_exit_2(small_data_dir, tmp_path, flags, message):
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    result = run_command("-m", "pipeline.show", f"--data_dir={small_data_dir}", *flags)
+    assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_show_on_an_empty_data_dir_says_to_generate_first(tmp_path):
+    result = run_command("-m", "pipeline.show", f"--data_dir={tmp_path}", f"--out={tmp_path}/x.png")
+    assert result.returncode == 2 and "run `python -m pipeline.generate` first" in result.stderr
+
+
+def test_tfds_build_builds_a_predefined_config(tmp_path):
+    options = "runner=FnApiRunner,direct_num_workers=2,direct_running_mode=multi_processing"
+    # The `tfds` console script, run with this interpreter.
+    result = run_command(
+        "-c",
+        "import sys; from tensorflow_datasets.scripts.cli.main import launch_cli; sys.argv[0] = 'tfds'; launch_cli()",
+        "build",
+        "pipeline/moving_line",
+        "--config=size_8",
+        f"--data_dir={tmp_path}",
+        f"--beam_pipeline_options={options}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = read_info(tmp_path)
+    assert {split["name"]: sum(int(n) for n in split["shardLengths"]) for split in info["splits"]} == {
+        "train": 500,
+        "validation": 100,
+        "test": 100,
+    }
+    assert "Donahue" in info["citation"]
+
+
+def test_a_killed_run_leaves_no_dataset_and_the_same_command_then_completes_it(tmp_path):
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    settings = {"size": 16, "num_train": 40_000, "num_validation": 300, "num_test": 300, "seed": 2}
+    command = [sys.executable, *generate_args(tmp_path, settings)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    config_folder = tmp_path / "moving_line" / "size_16"
+    # Its own process group, so that the Beam worker processes die with it.
+    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not glob.glob(str(config_folder / "incomplete.*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(5)  # well into generation
+    assert process.poll() is None, "the run ended before it could be killed; make it bigger"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    assert glob.glob(str(config_folder / "incomplete.*")) and not (config_folder / "1.0.0").exists()
+    load = "import sys, tensorflow_datasets as tfds; tfds.load('moving_line/size_16', data_dir=sys.argv[1])"
+    assert run_command("-c", load, str(tmp_path)).returncode != 0
+
+    again = run_command(*generate_args(tmp_path, settings), check=True)
+    assert "left by an interrupted run" in again.stderr
+    assert not glob.glob(str(config_folder / "incomplete.*"))
+    read = read_without_project(tmp_path, "moving_line/size_16", 16)
+    assert read["load"] == expected_digests(settings)  # every example once, none missing, none changed

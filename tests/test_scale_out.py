@@ -1,0 +1,224 @@
+"""Routes for users who outgrow one machine, proven offline on localhost."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+
+from conftest import REPO, SMALL, run_command
+
+
+def test_the_dataflow_job_builds_offline_with_dry_run(tmp_path):
+    result = run_command(
+        "-m", "pipeline.generate", f"--data_dir={tmp_path}", "--size=8",
+        "--num_train=64", "--num_validation=8", "--num_test=8",
+        "--runner=DataflowRunner", "--project", "example-project", "--region", "us-central1",
+        "--temp_location=gs://example-bucket/tmp", "--setup_file=./setup.py", "--dry_run=True",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dry run: DataflowRunner built the job" in result.stderr
+    written = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path) for name in names]
+    assert not [path for path in written if ".tfrecord" in path or "dataset_info" in path]
+
+
+def test_the_sdist_that_dataflow_workers_install_carries_the_builder_its_card_and_configs(tmp_path):
+    result = run_command("-m", "build", "--sdist", "--no-isolation", f"--outdir={tmp_path}", REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Older setuptools keep the hyphen of the distribution name; newer ones normalise it.
+    (archive,) = list(tmp_path.glob("moving[-_]line-*.tar.gz"))
+    with tarfile.open(archive) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    for expected in [
+        "setup.py",
+        "pipeline/moving_line/moving_line_dataset_builder.py",
+        "pipeline/moving_line/README.md",
+        "pipeline/moving_line/CITATIONS.bib",
+        "pipeline/moving_line/TAGS.txt",
+        "pipeline/generator.py",
+        "pipeline/video_codec.py",
+        "pipeline/video_feature.py",
+        "pipeline/transforms.py",
+        "configs/default.yaml",
+        "configs/seed.yaml",
+        "configs/smoke.yaml",
+    ]:
+        assert expected in names, f"{expected} missing from {archive.name}"
+
+
+# Multi-worker training and the tf.data service: real processes on localhost, each bounded by a timeout.
+
+SMOKE = ["--config", "configs/smoke.yaml"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(args, log_path, env=None):
+    """`python -m ...` from the repo root in the background, stdout and stderr into log_path."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for(log_path, pattern: str, processes, timeout: float) -> re.Match:
+    """The first match of pattern in the log, polled until timeout (or until every process has ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, log_path.read_text())
+        if match:
+            return match
+        if all(process.poll() is not None for process in processes):
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"no {pattern!r} in {log_path} after {timeout} s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop(processes):
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def start_workers(data_dir, model_dir, logs_dir, *extra):
+    """Two trainer.task workers with TF_CONFIG on 127.0.0.1, sharing model_dir (as they would share gs://)."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        command = ["-m", "trainer.task", *SMOKE, *extra, "--data_dir", data_dir, "--model_dir", str(model_dir)]
+        workers.append(start(command, logs_dir / f"worker_{index}.log", env={"TF_CONFIG": json.dumps(tf_config)}))
+    return workers
+
+
+def finish(workers, timeout: float) -> list[int]:
+    try:
+        return [worker.wait(timeout=timeout) for worker in workers]
+    finally:
+        stop(workers)
+
+
+def fingerprint(log_path) -> str:
+    return re.search(r"final weights fingerprint (\w+)", log_path.read_text()).group(1)
+
+
+def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(small_data_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    workers = start_workers(small_data_dir, model_dir, tmp_path)
+    assert finish(workers, timeout=240) == [0, 0], (tmp_path / "worker_0.log").read_text()[-3000:]
+    chief_log, other_log = (tmp_path / "worker_0.log").read_text(), (tmp_path / "worker_1.log").read_text()
+    assert "worker 0 of 2 tasks (chief), 2 replicas in all" in chief_log
+    assert "worker 1 of 2 tasks (not the chief)" in other_log
+    assert fingerprint(tmp_path / "worker_0.log") == fingerprint(tmp_path / "worker_1.log")
+    for name in ["config.yaml", "export/saved_model.pb", "model.keras", "metrics.json", "history.json"]:
+        assert (model_dir / name).is_file(), name
+    assert json.loads((model_dir / "history.json").read_text())["epoch"] == [1, 2]
+    # Event file names carry the writer's process id: every one is the chief's.
+    events = list((model_dir / "logs").glob("*/events.out.tfevents.*"))
+    assert {path.parent.name for path in events} == {"train", "validation"}
+    assert {re.search(r"\.(\d+)\.\d+\.v2$", path.name).group(1) for path in events} == {str(workers[0].pid)}
+    # The other worker's own copies went to a temporary folder that it deleted.
+    scratch = re.search(r"writing only to (\S+)", other_log).group(1)
+    assert not os.path.exists(scratch)
+
+
+def test_a_killed_worker_fails_the_job_within_a_bounded_time_and_a_rerun_resumes(small_data_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    longer = ["--set", "epochs=3", "--set", "steps_per_epoch=150"]
+    (tmp_path / "first").mkdir()
+    workers = start_workers(small_data_dir, model_dir, tmp_path / "first", *longer)
+    try:
+        wait_for(tmp_path / "first" / "worker_0.log", r"worker 0 epoch 1/3", workers, timeout=180)
+        workers[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        assert workers[0].wait(timeout=120) == 1
+        seconds = time.monotonic() - killed
+    finally:
+        stop(workers)
+    # A killed worker cannot delete its temporary folder.
+    shutil.rmtree(re.search(r"writing only to (\S+)", (tmp_path / "first" / "worker_1.log").read_text()).group(1))
+    lines = (tmp_path / "first" / "worker_0.log").read_text().strip().splitlines()
+    assert lines[-1].startswith("trainer.task: error: lost contact with another worker"), lines[-5:]
+    print(f"worker 0 stopped {seconds:.1f} s after worker 1 was killed")
+
+    # The same commands again: both resume from the chief's checkpoint of epoch 1 and finish.
+    (tmp_path / "again").mkdir()
+    workers = start_workers(small_data_dir, model_dir, tmp_path / "again", *longer)
+    assert finish(workers, timeout=240) == [0, 0], (tmp_path / "again" / "worker_0.log").read_text()[-3000:]
+    for index in range(2):
+        log = (tmp_path / "again" / f"worker_{index}.log").read_text()
+        assert re.search(rf"worker {index} resumed from \S+: step \d+, epoch [23]", log), log[-3000:]
+    assert fingerprint(tmp_path / "again" / "worker_0.log") == fingerprint(tmp_path / "again" / "worker_1.log")
+    assert (model_dir / "export" / "saved_model.pb").is_file()
+    assert json.loads((model_dir / "history.json").read_text())["epoch"] == [1, 2, 3]
+
+
+def test_the_trainer_reads_its_batches_from_a_tf_data_service_on_localhost(small_data_dir, tmp_path):
+    servers = [start(["-m", "trainer.data_service", "dispatcher", "--port", "0"], tmp_path / "dispatcher.log")]
+    try:
+        port = wait_for(tmp_path / "dispatcher.log", r"grpc://localhost:(\d+)", servers, timeout=120).group(1)
+        for index in range(2):
+            command = ["-m", "trainer.data_service", "worker", "--dispatcher", f"localhost:{port}"]
+            servers.append(start(command, tmp_path / f"worker_{index}.log"))
+        model_dir = tmp_path / "model"
+        result = run_command(
+            "-m", "trainer.task", *SMOKE, "--set", "epochs=3", "--set", "steps_per_epoch=20",
+            "--data_dir", small_data_dir, "--model_dir", str(model_dir),
+            "--tf_data_service", f"grpc://localhost:{port}", timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        for index in range(2):
+            assert "worker of dispatcher" in (tmp_path / f"worker_{index}.log").read_text()
+    finally:
+        stop(servers)
+    assert f"training batches come from the tf.data service at grpc://localhost:{port}" in result.stderr
+    assert (model_dir / "export" / "saved_model.pb").is_file()
+    assert json.loads((model_dir / "metrics.json").read_text())["accuracy"] >= 0.9
+
+
+def test_a_tf_data_service_address_where_nothing_listens_is_refused(small_data_dir, tmp_path):
+    result = run_command(
+        "-m", "trainer.task", *SMOKE, "--data_dir", small_data_dir, "--model_dir", str(tmp_path / "model"),
+        "--tf_data_service", f"grpc://localhost:{free_port()}",
+    )  # fmt: skip
+    assert result.returncode == 2 and "no dispatcher answers there" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "model").exists()
+
+
+def example_keys(batches) -> list[bytes]:
+    """One key per example of a (videos, labels) batch stream: the video's bytes and its label."""
+    pairs = (pair for videos, labels in batches for pair in zip(videos, labels, strict=True))
+    return [video.tobytes() + bytes([int(label)]) for video, label in pairs]
+
+
+def test_each_worker_reads_its_own_share_of_a_split_in_per_replica_batches(small_data_dir):
+    import tensorflow as tf
+
+    from trainer import config, input_pipeline
+
+    builder = input_pipeline.load_builder(small_data_dir, 8)
+    settings = config.load("configs/smoke.yaml")
+    shares = []
+    for worker in range(2):
+        # 2 workers of 1 replica each: global batch 32, 16 per replica.
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2)
+        batches = list(input_pipeline.evaluation_dataset(builder, "validation", settings, input_context=context))
+        assert {len(labels) for _, labels in batches} == {16}
+        shares.append(example_keys(tf.nest.map_structure(lambda tensor: tensor.numpy(), batches)))
+    whole = example_keys(input_pipeline.evaluation_dataset(builder, "validation", settings).as_numpy_iterator())
+    assert len(shares[0]) == len(shares[1]) == SMALL["num_validation"] // 2
+    assert sorted(shares[0] + shares[1]) == sorted(whole)

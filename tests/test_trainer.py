@@ -1,0 +1,241 @@
+"""The trainer commands for real, in subprocesses, on the small size-8 dataset.
+
+The main run mirrors over two logical CPU devices (they must be made before TensorFlow
+starts, hence a subprocess) and takes its folders from the Vertex AI variables.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, SMALL, run_command
+
+from pipeline import generator
+
+# 3 epochs of 20 steps of 32: 1,920 sequences, well past what size 8 needs.
+TRAIN = ["--config", "configs/smoke.yaml", "--set", "epochs=3", "--set", "steps_per_epoch=20"]
+MIRROR = ["--set", "logical_cpu_devices=2", "--set", "devices=[/cpu:0, /cpu:1]"]
+
+
+def error_line(result, prog: str) -> str:
+    """The one error line a refused command prints last (TensorFlow's GPU build may print start-up lines first)."""
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith(f"{prog}: error: ")] == lines[-1:], result.stderr
+    return lines[-1]
+
+
+def train_command(data_dir, model_dir, *extra):
+    return ["-m", "trainer.task", *TRAIN, *extra, "--data_dir", str(data_dir), "--model_dir", str(model_dir)]
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(small_data_dir, tmp_path_factory):
+    """One run under MirroredStrategy over /cpu:0 and /cpu:1, its folders given the Vertex AI way."""
+    root = tmp_path_factory.mktemp("vertex")
+    env = {
+        "AIP_MODEL_DIR": str(root / "model"),
+        "AIP_CHECKPOINT_DIR": str(root / "checkpoints"),
+        "AIP_TENSORBOARD_LOG_DIR": str(root / "tensorboard"),
+    }
+    command = ["-m", "trainer.task", *TRAIN, *MIRROR, "--data_dir", small_data_dir]
+    result = run_command(*command, env=env, check=True)
+    return {"root": root, "model_dir": root / "model", "result": result, "command": command, "env": env}
+
+
+def test_training_under_a_two_device_mirror_converges(mirrored_run):
+    stderr = mirrored_run["result"].stderr
+    assert "over 2 replicas" in stderr and "CPU:0" in stderr and "CPU:1" in stderr
+    metrics = json.loads((mirrored_run["model_dir"] / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["examples"] == SMALL["num_test"]
+    assert metrics["accuracy"] >= 0.95, metrics
+    assert sum(map(sum, metrics["confusion_matrix"]["rows_expected_columns_predicted"])) == SMALL["num_test"]
+    history = json.loads((mirrored_run["model_dir"] / "history.json").read_text())
+    assert history["epoch"] == [1, 2, 3]
+    assert history["val_accuracy"][-1] >= 0.95 and history["loss"][-1] < history["loss"][0]
+
+
+def test_a_run_writes_its_outputs_where_vertex_ai_asks(mirrored_run):
+    root, model_dir = mirrored_run["root"], mirrored_run["model_dir"]
+    for name in ["config.yaml", "model.keras", "history.csv", "history.json", "metrics.json", "export/saved_model.pb"]:
+        assert (model_dir / name).is_file(), name
+    assert (model_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(path.name for path in (root / "checkpoints").glob("epoch_*.keras")) == [
+        "epoch_001.keras",
+        "epoch_002.keras",
+        "epoch_003.keras",
+    ]
+    assert list((root / "tensorboard").glob("train/events.out.tfevents.*"))
+    assert list((root / "tensorboard").glob("validation/events.out.tfevents.*"))
+    # The Keras progress bar (verbose 2 in the smoke config: one line per epoch).
+    assert "Epoch 3/3" in mirrored_run["result"].stdout
+
+
+def test_the_same_command_again_has_nothing_to_do_and_changes_nothing(mirrored_run):
+    export = mirrored_run["model_dir"] / "export" / "saved_model.pb"
+    before = export.stat().st_mtime_ns
+    again = run_command(*mirrored_run["command"], env=mirrored_run["env"])
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert export.stat().st_mtime_ns == before
+
+
+def test_another_config_in_the_same_model_dir_is_refused_in_one_line(mirrored_run):
+    export = mirrored_run["model_dir"] / "export" / "saved_model.pb"
+    before = export.stat().st_mtime_ns
+    other = run_command(*mirrored_run["command"], "--set", "learning_rate=0.5", env=mirrored_run["env"])
+    assert other.returncode == 2
+    line = error_line(other, "trainer.task")
+    assert "learning_rate: 0.01 -> 0.5" in line and "new --model_dir" in line
+    assert export.stat().st_mtime_ns == before
+
+
+def test_evaluate_gives_the_exported_model_the_accuracy_training_measured(mirrored_run, small_data_dir):
+    model_dir = mirrored_run["model_dir"]
+    from_training = json.loads((model_dir / "metrics.json").read_text())
+    result = run_command(
+        "-m", "trainer.evaluate", "--model_dir", str(model_dir), "--data_dir", small_data_dir, check=True
+    )
+    from_export = json.loads((model_dir / "metrics.json").read_text())
+    assert from_export["model"].endswith("export")
+    assert from_export["accuracy"] == from_training["accuracy"]
+    assert from_export["confusion_matrix"] == from_training["confusion_matrix"]
+    assert abs(from_export["loss"] - from_training["loss"]) < 1e-4
+    assert f"accuracy {from_export['accuracy']:.4%}" in result.stdout and "confusion matrix" in result.stdout
+
+    validation = run_command(
+        "-m", "trainer.evaluate", "--model_dir", str(model_dir), "--data_dir", small_data_dir, "--split", "validation"
+    )
+    assert validation.returncode == 0
+    assert json.loads((model_dir / "metrics_validation.json").read_text())["examples"] == SMALL["num_validation"]
+
+
+def test_predict_prints_the_tutorials_lines_for_new_sequences(mirrored_run):
+    result = run_command("-m", "trainer.predict", "--model", str(mirrored_run["model_dir"]), "--count", "4",
+                         "--seed", "99", check=True)  # fmt: skip
+    lines = result.stdout.strip().splitlines()
+    expected = generator.generate(99, "test", 0, 4, SMALL["size"])["label"]
+    assert len(lines) == 4
+    for line, label in zip(lines, expected, strict=True):
+        assert line.startswith(f"Expected: {('Left', 'Right')[label]}, Predicted: ")
+    assert "seed 99" in result.stderr
+
+
+def test_predict_reads_videos_from_a_file(mirrored_run, tmp_path):
+    examples = generator.generate(5, "test", 0, 3, SMALL["size"])
+    with_labels, videos_only = tmp_path / "videos.npz", tmp_path / "videos.npy"
+    np.savez(with_labels, video=examples["video"], label=examples["label"])
+    np.save(videos_only, examples["video"])
+    model = str(mirrored_run["model_dir"] / "export")
+    labelled = run_command("-m", "trainer.predict", "--model", model, "--input", str(with_labels), check=True)
+    assert [line.split(",")[0] for line in labelled.stdout.splitlines()] == [
+        f"Expected: {('Left', 'Right')[label]}" for label in examples["label"]
+    ]
+    unlabelled = run_command("-m", "trainer.predict", "--model", model, "--input", str(videos_only), check=True)
+    assert all(line.startswith("Predicted: ") for line in unlabelled.stdout.splitlines())
+
+    wrong_size = tmp_path / "big.npy"
+    np.save(wrong_size, generator.generate(5, "test", 0, 1, 9)["video"])
+    refused = run_command("-m", "trainer.predict", "--model", model, "--input", str(wrong_size))
+    assert refused.returncode == 2 and "this model takes [N, 8, 8, 8, 1]" in error_line(refused, "trainer.predict")
+
+
+def test_a_missing_dataset_is_refused_before_anything_is_written(tmp_path):
+    model_dir = tmp_path / "model"
+    result = run_command(*train_command(tmp_path / "no_data", model_dir))
+    assert result.returncode == 2
+    assert error_line(result, "trainer.task").startswith("trainer.task: error: no moving_line/size_8 dataset")
+    assert not model_dir.exists()
+
+
+def test_a_model_dir_holding_other_files_is_refused(small_data_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_command(*train_command(small_data_dir, tmp_path))
+    assert result.returncode == 2 and "holds no trainer run" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_a_tf_config_that_is_not_json_is_refused(small_data_dir, tmp_path):
+    # Multi-worker training itself (TF_CONFIG naming several tasks) is tested in test_scale_out.py.
+    result = run_command(*train_command(small_data_dir, tmp_path / "model"), env={"TF_CONFIG": "worker 0"})
+    assert error_line(result, "trainer.task").endswith("TF_CONFIG is not a JSON object; fix it or unset it")
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_killed_run_resumes_from_its_backup_when_run_again(small_data_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    # 6 epochs of 30 steps, backed up every 10 steps; killed mid-epoch, after a backup partway into epoch 3.
+    command = train_command(small_data_dir, model_dir, "--set", "epochs=6", "--set", "steps_per_epoch=30",
+                            "--set", "backup_every_steps=10")  # fmt: skip
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen([sys.executable, *command], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    history = model_dir / "history.csv"
+    backup = model_dir / "checkpoints" / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 3 and backed_up_in_epoch(backup, 3):
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (model_dir / "export").exists()
+    done_before = len(history.read_text().splitlines()) - 1
+
+    resumed = run_command(*command, check=True)
+    first_epoch = next(line for line in resumed.stdout.splitlines() if line.startswith("Epoch "))
+    assert first_epoch != "Epoch 1/6" and int(first_epoch.split()[1].split("/")[0]) >= done_before
+    with open(history) as file:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(file)]
+    assert sorted(set(epochs)) == list(range(6))
+    assert (model_dir / "export" / "saved_model.pb").exists()
+    assert json.loads((model_dir / "history.json").read_text())["epoch"] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((model_dir / "metrics.json").read_text())["accuracy"] >= 0.95  # the same target as a clean run
+
+
+# Runs the trainer with save_weights cut short on its Nth call: the file is left truncated, as
+# a SIGKILL in the middle of writing it leaves it, and the process is killed on the spot.
+KILLED_MID_SAVE = """
+import os, runpy, signal, sys
+import keras
+save_weights, calls = keras.Model.save_weights, []
+def killed_mid_save(self, filepath, *args, **kwargs):
+    save_weights(self, filepath, *args, **kwargs)
+    calls.append(filepath)
+    if len(calls) == int(os.environ["KILL_AT_SAVE"]):
+        os.truncate(filepath, 96)
+        os.kill(os.getpid(), signal.SIGKILL)
+keras.Model.save_weights = killed_mid_save
+sys.argv = ["trainer.task", *sys.argv[1:]]
+runpy.run_module("trainer.task", run_name="__main__")
+"""
+
+
+def test_a_run_killed_while_writing_a_backup_resumes_from_the_backup_before(small_data_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    command = train_command(small_data_dir, model_dir, "--set", "backup_every_steps=10")
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, *command[2:]], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, "KILL_AT_SAVE": "3"})  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    backup = model_dir / "checkpoints" / "backup"
+    assert json.loads((backup / "training_metadata.json").read_text()) == {"epoch": 0, "batch": 19}  # 2nd backup
+
+    resumed = run_command(*command, check=True)
+    assert "Epoch 1/3" in resumed.stdout and (model_dir / "export" / "saved_model.pb").exists()
+    assert json.loads((model_dir / "metrics.json").read_text())["accuracy"] >= 0.95
+
+
+def backed_up_in_epoch(metadata, epoch: int) -> bool:
+    """BackupAndRestore's last backup was taken partway into this epoch (1-based) or later."""
+    try:
+        saved = json.loads(metadata.read_text())  # "epoch": epochs finished, "batch": last batch seen
+        return saved["epoch"] >= epoch - 1 and saved["batch"] > 0
+    except (OSError, ValueError, KeyError):  # not written yet, or caught while being written
+        return False

@@ -1,0 +1,148 @@
+"""Evaluate the exported model on a split: loss, accuracy and the confusion matrix.
+
+    python -m trainer.evaluate --model_dir DIR --data_dir DIR [--split test] [--batch_size 256]
+
+Loads the SavedModel in MODEL_DIR/export (what would be served), prints the figures and
+writes them to MODEL_DIR/metrics.json (metrics_<split>.json for a split other than test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from pipeline import cli
+
+PROG = "trainer.evaluate"
+# Keras clips probabilities the same way in binary_crossentropy.
+EPSILON = 1e-7
+
+
+def evaluate(predict_probabilities, dataset, class_names) -> dict:
+    """Runs predict_probabilities (uint8 video batch -> P(right) [batch]) over (video, label) batches."""
+    import numpy as np
+
+    confusion = np.zeros((2, 2), np.int64)  # rows: expected class, columns: predicted class
+    loss_sum, count = 0.0, 0
+    for video, label in dataset:
+        probability = np.clip(np.asarray(predict_probabilities(video), np.float64).reshape(-1), EPSILON, 1 - EPSILON)
+        expected = np.asarray(label).astype(np.int64).reshape(-1)
+        predicted = (probability > 0.5).astype(np.int64)
+        loss_sum += float(-np.sum(expected * np.log(probability) + (1 - expected) * np.log(1 - probability)))
+        np.add.at(confusion, (expected, predicted), 1)
+        count += len(expected)
+    if count == 0:
+        raise cli.UsageError("the split is empty; nothing to evaluate")
+    return {
+        "examples": count,
+        "loss": loss_sum / count,
+        "accuracy": float(np.trace(confusion)) / count,
+        "errors": int(count - np.trace(confusion)),
+        "confusion_matrix": {
+            "class_names": list(class_names),
+            "rows_expected_columns_predicted": confusion.tolist(),
+        },
+    }
+
+
+def describe(metrics: dict) -> list[str]:
+    names = metrics["confusion_matrix"]["class_names"]
+    matrix = metrics["confusion_matrix"]["rows_expected_columns_predicted"]
+    width = max(len(name) for name in names) + 2
+    lines = [
+        f"{metrics['split']}: {metrics['examples']:,} examples, loss {metrics['loss']:.5f}, "
+        f"accuracy {metrics['accuracy']:.4%} ({metrics['errors']} wrong)",
+        "confusion matrix (rows: expected, columns: predicted):",
+        " " * width + "".join(f"{name:>{width}}" for name in names),
+    ]
+    lines += [
+        f"{name:>{width}}" + "".join(f"{cell:>{width}}" for cell in row)
+        for name, row in zip(names, matrix, strict=True)
+    ]
+    return lines
+
+
+def metrics_path(model_dir: str, split: str) -> str:
+    name = "metrics.json" if split == "test" else f"metrics_{split}.json"
+    return os.path.join(model_dir, name)
+
+
+def write_metrics(metrics: dict, path: str):
+    import tensorflow as tf
+
+    partial = path + ".partial"
+    with tf.io.gfile.GFile(partial, "w") as file:
+        file.write(json.dumps(metrics, indent=2) + "\n")
+    tf.io.gfile.rename(partial, path, overwrite=True)
+
+
+def load_saved_model(model_dir: str):
+    """The serving signature of MODEL_DIR/export (or of MODEL_DIR itself when it is the export)."""
+    import tensorflow as tf
+
+    for folder in (os.path.join(model_dir, "export"), model_dir):
+        if tf.io.gfile.exists(os.path.join(folder, "saved_model.pb")):
+            return folder, tf.saved_model.load(folder).signatures["serving_default"]
+    raise cli.UsageError(
+        f"no SavedModel in {model_dir} or {model_dir}/export; train one first with "
+        "`python -m trainer.task --config configs/default.yaml --data_dir DIR --model_dir DIR`"
+    )
+
+
+def signature_size(signature) -> int:
+    """The frame size S the signature's `video` input was exported for."""
+    spec = signature.structured_input_signature[1]["video"]
+    return int(spec.shape[2])
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--model_dir", required=True, help="The trainer's --model_dir (holds export/).")
+    parser.add_argument("--data_dir", required=True, help="TFDS data_dir holding moving_line/size_S.")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--batch_size", type=cli.positive_int, default=256, help="Examples per prediction batch.")
+    parser.add_argument(
+        "--skip_corrupt_records",
+        action="store_true",
+        help="Skip unreadable records of damaged shards (and say how many) instead of stopping with an error.",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cli.quiet_tensorflow()
+    from trainer import config as config_lib
+    from trainer import corrupt_data, input_pipeline
+
+    export_dir, signature = load_saved_model(args.model_dir)
+    size = signature_size(signature)
+    builder = input_pipeline.load_builder(args.data_dir, size)
+    config = {
+        **config_lib.DEFAULTS,
+        "size": size,
+        "batch_size": args.batch_size,
+        "skip_corrupt_records": args.skip_corrupt_records,
+    }
+    examples = input_pipeline.split_size(builder, args.split)
+    dataset = input_pipeline.evaluation_dataset(builder, args.split, config)
+    cli.log(PROG, f"evaluating {export_dir} on {args.split} ({examples:,} examples)")
+    with corrupt_data.named_in_errors(builder, [args.split], "--skip_corrupt_records"):
+        metrics = evaluate(
+            lambda video: signature(video=video)["probability_right"],
+            dataset,
+            builder.info.features["label"].names,
+        )
+    if args.skip_corrupt_records:
+        metrics["skipped_records"] = corrupt_data.log_skipped(PROG, builder, args.split, metrics["examples"])
+    metrics = {"split": args.split, "model": export_dir, "data": builder.data_dir, **metrics}
+    for line in describe(metrics):
+        print(line)
+    path = metrics_path(args.model_dir, args.split)
+    write_metrics(metrics, path)
+    cli.log(PROG, f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run_main(PROG, main))
