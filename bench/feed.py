@@ -1,6 +1,7 @@
 """python -m bench feed [--data_dir DIR] [--size 50] [--batch_sizes 32] [--steps 30] [--time_distributed]
 
-Training speed of the folded model fed from the TFRecords (trainer.input_pipeline: read,
+Training speed of the folded model, built and compiled as trainer.task does (its
+MirroredStrategy; on one CPU the XLA layers under XLA), fed from the TFRecords (trainer.input_pipeline: read,
 shuffle, decode, batch) versus fed one batch already in memory, side by side in one
 process, alternating so that both see the same machine load. Also the input pipeline on
 its own (read and decode, no training), and with --time_distributed the tutorial's
@@ -11,6 +12,7 @@ generated first (pipeline.generate, in a temporary folder). Ends with one JSON l
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -63,7 +65,7 @@ def main(argv):
     import tensorflow as tf
 
     from trainer import config as config_lib
-    from trainer import input_pipeline
+    from trainer import input_pipeline, task
     from trainer import model as model_lib
 
     data_dir = args.data_dir or generate_data(args.size)
@@ -75,12 +77,16 @@ def main(argv):
         fed = input_pipeline.training_dataset(builder, config)
         resident_batch = next(iter(fed))
         resident = tf.data.Dataset.from_tensors(resident_batch).repeat()
-        builds = {"folded": model_lib.build_model}
+        # As trainer.task builds it: under its MirroredStrategy, with the XLA layers and XLA on one CPU.
+        strategy = task.make_strategy(None)
+        xla = model_lib.xla_layers_for(strategy, config["xla_layers_on_cpu"])
+        builds = {"folded": functools.partial(model_lib.build_model, xla_layers=xla)}
         if args.time_distributed:
             builds["time_distributed"] = model_lib.build_time_distributed_model
         models = {}
         for name, build in builds.items():
-            models[name] = model_lib.compile_model(build(config), learning_rate=0.001)
+            with strategy.scope():
+                models[name] = model_lib.compile_model(build(config), 0.001, jit_compile=xla and name == "folded")
             models[name].fit(resident, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace once
         rates = {"resident": [], "fed": [], "time_distributed_resident": [], "pipeline_only": []}
         for _ in range(args.repeats):
@@ -94,6 +100,7 @@ def main(argv):
         figures["fed_over_resident"] = round(best["fed"] / best["resident"], 3)
         if "time_distributed_resident" in best:
             figures["folded_over_time_distributed"] = round(best["resident"] / best["time_distributed_resident"], 3)
+        figures["xla_layers"] = xla
         results["batches"][str(batch_size)] = figures
         print(f"  batch {batch_size}: " + ", ".join(f"{name} {value}" for name, value in figures.items()), flush=True)
     first = results["batches"][args.batch_sizes.split(",")[0].strip()]

@@ -84,3 +84,46 @@ def test_the_keras_file_round_trips(tmp_path):
     videos = generator.generate(5, "test", 0, 3, 8)["video"]
     np.testing.assert_allclose(loaded.predict(videos, verbose=0), model.predict(videos, verbose=0), atol=1e-7)
     assert loaded.count_params() == model.count_params()
+
+
+def test_the_xla_layers_have_the_same_shapes_and_weights_and_compute_the_same_outputs():
+    keras.utils.set_random_seed(3)
+    plain = model_lib.build_model({"size": 20})
+    xla = model_lib.compile_model(model_lib.build_model({"size": 20}, xla_layers=True), 0.001, jit_compile=True)
+    assert layer_shapes(xla) == layer_shapes(plain)
+    assert [type(layer).__name__ for layer in xla.layers if layer.name in ("conv", "pool")] == [
+        "XlaConv2D",
+        "XlaMaxPooling2D",
+    ]
+    xla.set_weights(plain.get_weights())  # the same weights, in the same order
+    videos = generator.generate(seed=5, split="train", start=0, count=7, size=20)["video"]  # 7: not a round batch
+    np.testing.assert_allclose(xla.predict(videos, verbose=0), plain.predict(videos, verbose=0), atol=1e-6)
+
+
+def test_a_model_trained_with_the_xla_layers_trains_and_hands_its_weights_to_keras_layers():
+    keras.utils.set_random_seed(0)
+    data = generator.generate(seed=1, split="train", start=0, count=64, size=8)
+    videos, labels = data["video"], data["label"].astype("float32")
+    xla = model_lib.compile_model(model_lib.build_model({"size": 8}, xla_layers=True), 0.01, jit_compile=True)
+    before = xla.evaluate(videos, labels, verbose=0)[0]
+    xla.fit(videos, labels, batch_size=16, epochs=5, verbose=0)
+    assert xla.evaluate(videos, labels, verbose=0)[0] < before
+    plain = model_lib.compile_model(model_lib.build_model({"size": 8}), 0.01)
+    plain.set_weights(xla.get_weights())
+    np.testing.assert_allclose(plain.predict(videos, verbose=0), xla.predict(videos, verbose=0), atol=1e-6)
+
+
+def test_the_xla_layers_refuse_what_they_do_not_compute():
+    with pytest.raises(ValueError, match="one-channel"):
+        model_lib.XlaConv2D(2, (2, 2))(keras.Input((8, 8, 3)))
+    with pytest.raises(ValueError, match="non-overlapping"):
+        model_lib.XlaMaxPooling2D((2, 2), strides=1)(keras.Input((8, 8, 1)))
+
+
+def test_cosine_decay_brings_the_learning_rate_to_zero_at_the_last_step():
+    optimizer = model_lib.compile_model(model_lib.build_model({"size": 8}), 0.002, cosine_decay_steps=100).optimizer
+    rates = {}
+    for step in (0, 50, 100):
+        optimizer.iterations.assign(step)
+        rates[step] = float(optimizer.learning_rate)
+    assert rates == pytest.approx({0: 0.002, 50: 0.001, 100: 0.0})

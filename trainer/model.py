@@ -7,11 +7,15 @@ TimeDistributed on the TensorFlow backend runs the wrapped layer frame by frame
 layers once to all frames, and reshapes back to [batch, frames, features] for the
 LSTM. The layers, their shapes and the parameter count (240,661 at S = 50) are the
 tutorial's; build_time_distributed_model keeps the tutorial's form for comparison.
+
+Training on one CPU uses XlaConv2D and XlaMaxPooling2D in place of Conv2D and MaxPooling2D
+(the same layers computed another way, see XlaConv2D) with XLA. Exports use Keras's own.
 """
 
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 CONV_FILTERS = 2
 CONV_KERNEL = (2, 2)
@@ -48,6 +52,70 @@ class UnfoldTime(keras.layers.Layer):
         return {**super().get_config(), "frames": self.frames}
 
 
+def shifted_products_conv(images, kernel, bias):
+    """A 'valid', stride-1 convolution of one-channel images: a sum of shifted copies times the kernel's taps."""
+    rows, columns = kernel.shape[0], kernel.shape[1]
+    height, width = images.shape[1] - rows + 1, images.shape[2] - columns + 1
+    total = bias
+    for row in range(rows):
+        for column in range(columns):
+            total += images[:, row : row + height, column : column + width, :] * kernel[row, column, 0]
+    return total
+
+
+def reshaped_max_pool(images, rows: int, columns: int):
+    """Non-overlapping 'valid' max-pooling as a reshape and a max."""
+    height, width, channels = images.shape[1] // rows, images.shape[2] // columns, images.shape[3]
+    windows = keras.ops.reshape(
+        images[:, : height * rows, : width * columns], (-1, height, rows, width, columns, channels)
+    )
+    return keras.ops.max(windows, axis=(2, 4))
+
+
+@keras.saving.register_keras_serializable(package="moving_line")
+class XlaConv2D(keras.layers.Conv2D):
+    """Conv2D on one-channel images as a sum of shifted products, for a model compiled with XLA.
+
+    On a CPU, the library convolution of 1,600 one-channel 50x50 frames into 2 filters is mostly
+    overhead (90% of a train step), and XLA's own convolution is slower still; XLA fuses these
+    products, the bias and the ReLU into one pass. Same weights and outputs as Conv2D.
+    """
+
+    def build(self, input_shape):
+        if input_shape[-1] != 1 or self.strides != (1, 1) or self.padding != "valid" or self.dilation_rate != (1, 1):
+            raise ValueError("XlaConv2D takes one-channel images, stride 1, 'valid' padding and no dilation")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return self.activation(shifted_products_conv(inputs, self.kernel, self.bias))
+
+
+@keras.saving.register_keras_serializable(package="moving_line")
+class XlaMaxPooling2D(keras.layers.MaxPooling2D):
+    """MaxPooling2D over non-overlapping windows as a reshape and a max, for a model compiled with XLA.
+
+    Where a window holds equal maxima, its gradient is shared among them (MaxPooling2D gives it to one).
+    """
+
+    def build(self, input_shape):
+        if self.strides != self.pool_size or self.padding != "valid":
+            raise ValueError("XlaMaxPooling2D takes non-overlapping windows (strides = pool_size) and 'valid' padding")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return reshaped_max_pool(inputs, *self.pool_size)
+
+
+def xla_layers_for(strategy, enabled: bool) -> bool:
+    """Whether to train with the XLA layers and XLA: when enabled and training on one CPU.
+
+    GPUs have cuDNN's kernels. Several replicas (a mirror, or workers) keep Keras's layers
+    without XLA, whose compiled step would have to hold the cross-replica gradient sum.
+    """
+    devices = [tf.DeviceSpec.from_string(device) for device in strategy.extended.worker_devices]
+    return enabled and len(devices) == 1 and devices[0].device_type == "CPU"
+
+
 def video_input(size: int) -> keras.KerasTensor:
     """The model's input: raw uint8 videos, as stored; the cast to float happens inside the model."""
     return keras.Input(shape=(size, size, size, 1), dtype="uint8", name="video")
@@ -58,13 +126,18 @@ def to_float(video: keras.KerasTensor) -> keras.KerasTensor:
     return keras.layers.Rescaling(1.0, name="to_float")(video)
 
 
-def build_model(config: dict) -> keras.Model:
-    """The folded CNN-LSTM for videos of config["size"] frames of size x size pixels (not compiled)."""
+def build_model(config: dict, xla_layers: bool = False) -> keras.Model:
+    """The folded CNN-LSTM for videos of config["size"] frames of size x size pixels (not compiled).
+
+    xla_layers: XlaConv2D and XlaMaxPooling2D in place of Conv2D and MaxPooling2D, for a model
+    compiled with XLA on a CPU (same weights, so either model takes the other's).
+    """
     size = config["size"]
+    conv, pool = (XlaConv2D, XlaMaxPooling2D) if xla_layers else (keras.layers.Conv2D, keras.layers.MaxPooling2D)
     video = video_input(size)
     frames = FoldTime(name="fold_time")(to_float(video))
-    features = keras.layers.Conv2D(CONV_FILTERS, CONV_KERNEL, activation="relu", name="conv")(frames)
-    features = keras.layers.MaxPooling2D(POOL_SIZE, name="pool")(features)
+    features = conv(CONV_FILTERS, CONV_KERNEL, activation="relu", name="conv")(frames)
+    features = pool(POOL_SIZE, name="pool")(features)
     features = keras.layers.Flatten(name="flatten")(features)
     sequence = UnfoldTime(size, name="unfold_time")(features)
     summary = keras.layers.LSTM(LSTM_UNITS, name="lstm")(sequence)
@@ -86,19 +159,31 @@ def build_time_distributed_model(config: dict) -> keras.Model:
     return keras.Model(video, probability_right, name="cnn_lstm_time_distributed")
 
 
-def compile_model(model: keras.Model, learning_rate: float, clip_norm: float | None = None) -> keras.Model:
-    """The tutorial's loss, optimizer and metric; the learning rate and gradient clipping are the config's."""
+def compile_model(
+    model: keras.Model,
+    learning_rate: float,
+    clip_norm: float | None = None,
+    jit_compile: bool = False,
+    cosine_decay_steps: int | None = None,
+) -> keras.Model:
+    """The tutorial's loss, optimizer and metric; the learning rate and gradient clipping are the config's.
+
+    jit_compile: train and test steps compiled by XLA (for the XLA layers; Keras's own conv is slower under it).
+    cosine_decay_steps: the learning rate falls along a cosine to zero over this many steps.
+    """
+    if cosine_decay_steps:
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, cosine_decay_steps)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clip_norm),
         loss="binary_crossentropy",
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
     return model
 
 
 def prediction_function(model: keras.Model):
     """uint8 video batch -> P(right) [batch], compiled once for any batch size."""
-    import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)])
     def predict(video):

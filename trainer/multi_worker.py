@@ -150,7 +150,10 @@ def train(args, config: dict, paths, state: str) -> int:
     keras.utils.set_random_seed(config["seed"])
     with strategy.scope():
         model = model_lib.build_model(config)
-        optimizer = keras.optimizers.Adam(learning_rate=config["learning_rate"], global_clipnorm=config["clip_norm"])
+        learning_rate = config["learning_rate"]
+        if config["cosine_decay"]:
+            learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, config["epochs"] * steps_per_epoch)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=config["clip_norm"])
         optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, checkpoints, max_to_keep=3)

@@ -250,9 +250,18 @@ def main(argv=None):
     from trainer import model as model_lib
 
     keras_seed(config["seed"])
+    xla_layers = model_lib.xla_layers_for(strategy, config["xla_layers_on_cpu"])
     with strategy.scope():
-        model = model_lib.compile_model(model_lib.build_model(config), config["learning_rate"], config["clip_norm"])
+        model = model_lib.build_model(config, xla_layers=xla_layers)
+        decay_steps = config["epochs"] * steps_per_epoch if config["cosine_decay"] else None
+        model = model_lib.compile_model(
+            model, config["learning_rate"], config["clip_norm"], jit_compile=xla_layers, cosine_decay_steps=decay_steps
+        )
     model.summary(print_fn=lambda line, **_: cli.log(PROG, line))
+    if xla_layers:
+        cli.log(
+            PROG, "one CPU: training with XlaConv2D and XlaMaxPooling2D under XLA (off: --set xla_layers_on_cpu=false)"
+        )
 
     # Train.
     start = time.monotonic()
