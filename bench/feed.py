@@ -1,8 +1,8 @@
 """python -m bench feed [--data_dir DIR] [--size 50] [--batch_sizes 32] [--steps 30] [--time_distributed]
 
 Training speed of the folded model, built and compiled as trainer.task does (its
-MirroredStrategy; on one CPU the XLA layers under XLA), fed from the TFRecords (trainer.input_pipeline: read,
-shuffle, decode, batch) versus fed one batch already in memory, side by side in one
+MirroredStrategy; on one CPU the XLA layers under XLA), fed from the TFRecords
+(trainer.input_pipeline: read, shuffle, decode, batch) versus fed one batch already in memory, side by side in one
 process, alternating so that both see the same machine load. Also the input pipeline on
 its own (read and decode, no training), and with --time_distributed the tutorial's
 TimeDistributed form on the batch in memory. Without --data_dir a small dataset is

@@ -159,6 +159,18 @@ def build_time_distributed_model(config: dict) -> keras.Model:
     return keras.Model(video, probability_right, name="cnn_lstm_time_distributed")
 
 
+def make_optimizer(
+    learning_rate: float, clip_norm: float | None = None, cosine_decay_steps: int | None = None
+) -> keras.optimizers.Optimizer:
+    """Adam (the tutorial's) with the config's learning rate and gradient clipping.
+
+    cosine_decay_steps: the learning rate falls along a cosine to zero over this many steps.
+    """
+    if cosine_decay_steps:
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, cosine_decay_steps)
+    return keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clip_norm)
+
+
 def compile_model(
     model: keras.Model,
     learning_rate: float,
@@ -169,12 +181,9 @@ def compile_model(
     """The tutorial's loss, optimizer and metric; the learning rate and gradient clipping are the config's.
 
     jit_compile: train and test steps compiled by XLA (for the XLA layers; Keras's own conv is slower under it).
-    cosine_decay_steps: the learning rate falls along a cosine to zero over this many steps.
     """
-    if cosine_decay_steps:
-        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, cosine_decay_steps)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clip_norm),
+        optimizer=make_optimizer(learning_rate, clip_norm, cosine_decay_steps),
         loss="binary_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit_compile,

@@ -150,10 +150,8 @@ def train(args, config: dict, paths, state: str) -> int:
     keras.utils.set_random_seed(config["seed"])
     with strategy.scope():
         model = model_lib.build_model(config)
-        learning_rate = config["learning_rate"]
-        if config["cosine_decay"]:
-            learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, config["epochs"] * steps_per_epoch)
-        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=config["clip_norm"])
+        decay_steps = config["epochs"] * steps_per_epoch if config["cosine_decay"] else None
+        optimizer = model_lib.make_optimizer(config["learning_rate"], config["clip_norm"], decay_steps)
         optimizer.build(model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, checkpoints, max_to_keep=3)
