@@ -85,7 +85,12 @@ def render(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return frames.astype(np.uint8)[..., None]
 
 
+def pixel_path(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The pixel each frame lights, [count, T, 2] uint8 (row, column): the video in 2T bytes."""
+    return np.stack([rows, columns(labels, rows.shape[1]).astype(np.uint8)], axis=-1)
+
+
 def generate(seed: int, split: str, start: int, count: int, size: int) -> dict[str, np.ndarray]:
-    """Examples start..start+count-1 of a split: video, label and rows, as arrays."""
+    """Examples start..start+count-1 of a split: video, label, rows and path, as arrays."""
     labels, rows = make_paths(seed, split, start, count, size)
-    return {"video": render(labels, rows), "label": labels, "rows": rows}
+    return {"video": render(labels, rows), "label": labels, "rows": rows, "path": pixel_path(labels, rows)}

@@ -67,9 +67,8 @@ class WriteShard(beam.DoFn):
         def records():
             for start, count in chunk_ranges(plan.count, start=plan.start):
                 arrays = generator.generate(self._seed, plan.split, start, count, self._size)
-                # The row path is not stored: the last frame holds it, and it would cost 10% more disk.
                 for offset in range(count):
-                    example = {"video": arrays["video"][offset], "label": arrays["label"][offset]}
+                    example = {name: arrays[name][offset] for name in ("video", "label", "path")}
                     record = self._serializer.serialize_example(self._features.encode_example(example))
                     written["bytes"] += len(record)
                     yield start + offset, record

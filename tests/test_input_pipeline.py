@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import zlib
 
 import numpy as np
@@ -14,6 +17,7 @@ from pipeline import generator
 from pipeline.cli import UsageError
 from trainer import config as config_lib
 from trainer import input_pipeline
+from trainer import model as model_lib
 
 SIZE = 3
 
@@ -71,12 +75,51 @@ def test_evaluation_reads_a_split_once_in_stored_order_exactly_as_generated(buil
     np.testing.assert_array_equal(labels, expected["label"].astype(np.float32))
 
 
+def test_validation_paths_come_in_stored_order_and_draw_exactly_the_stored_videos(builder):
+    config = small_config(batch_size=100)
+    paths = list(input_pipeline.path_evaluation_dataset(builder, "validation", config))
+    videos = list(input_pipeline.evaluation_dataset(builder, "validation", config))
+    assert [len(labels) for _, labels in paths] == [len(labels) for _, labels in videos]
+    expected = generator.generate(SMALL["seed"], "validation", 0, SMALL["num_validation"], SMALL["size"])
+    path = np.concatenate([path for path, _ in paths])
+    assert path.dtype == np.uint8 and path.shape == (SMALL["num_validation"], SMALL["size"], 2)
+    np.testing.assert_array_equal(path, expected["path"])
+    np.testing.assert_array_equal(np.concatenate([labels for _, labels in paths]), expected["label"])
+    drawn = model_lib.RenderVideo(SMALL["size"])(tf.constant(path)).numpy()
+    np.testing.assert_array_equal(drawn, np.concatenate([video for video, _ in videos]))
+    full_batches = input_pipeline.path_evaluation_dataset(builder, "validation", config, full_batches_only=True)
+    assert [len(labels) for _, labels in full_batches] == [100] * (SMALL["num_validation"] // 100)
+    # Its length is known: Keras miscounts metrics over a dataset of unknown length.
+    assert int(full_batches.cardinality()) == SMALL["num_validation"] // 100
+
+
 def test_training_batches_have_the_global_batch_size_and_never_end(builder):
     dataset = input_pipeline.training_dataset(builder, small_config(batch_size=48))
-    assert dataset.element_spec[0].shape.as_list() == [48, 8, 8, 8, 1]  # static: drop_remainder
+    assert dataset.element_spec[0].shape.as_list() == [48, 8, 2]  # static: drop_remainder
     # 30 batches of 48 run past the 1,024 training examples: the stream repeats.
     batches = list(dataset.take(30))
-    assert len(batches) == 30 and all(video.dtype == tf.uint8 for video, _ in batches)
+    assert len(batches) == 30 and all(path.dtype == tf.uint8 for path, _ in batches)
+    # Every path is one of the split's (the pixel each frame lights), none made up.
+    stored = {path.tobytes() for path in generator.generate(SMALL["seed"], "train", 0, 1024, SMALL["size"])["path"]}
+    assert all(path.tobytes() in stored for batch, _ in batches for path in batch.numpy())
+
+
+def test_a_dataset_without_the_path_feature_is_refused_with_what_to_do(small_data_dir, tmp_path):
+    # An older build (1.0.0 had no path): the same folder with path taken out of its features.
+    folder = os.path.join(small_data_dir, "moving_line", f"size_{SMALL['size']}", builder_version())
+    old = tmp_path / "moving_line" / f"size_{SMALL['size']}" / builder_version()
+    shutil.copytree(folder, old)
+    features = json.loads((old / "features.json").read_text())
+    del features["featuresDict"]["features"]["path"]
+    (old / "features.json").write_text(json.dumps(features))
+    with pytest.raises(UsageError, match="without the path feature.*pipeline.generate"):
+        input_pipeline.load_builder(str(tmp_path), SMALL["size"])
+
+
+def builder_version():
+    from pipeline.moving_line.moving_line_dataset_builder import Builder
+
+    return str(Builder.VERSION)
 
 
 def first_labels(builder, **overrides):
@@ -87,8 +130,8 @@ def first_labels(builder, **overrides):
 def test_the_deterministic_option_gives_the_same_order_every_time(builder):
     first = input_pipeline.training_dataset(builder, small_config(deterministic=True, seed=7))
     second = input_pipeline.training_dataset(builder, small_config(deterministic=True, seed=7))
-    for (video_a, label_a), (video_b, label_b) in zip(first.take(5), second.take(5), strict=True):
-        np.testing.assert_array_equal(video_a, video_b)
+    for (path_a, label_a), (path_b, label_b) in zip(first.take(5), second.take(5), strict=True):
+        np.testing.assert_array_equal(path_a, path_b)
         np.testing.assert_array_equal(label_a, label_b)
 
 
@@ -100,12 +143,12 @@ def test_training_order_is_shuffled_and_the_seed_changes_it(builder):
     assert 0.3 < shuffled.mean() < 0.7  # both classes mixed in, not runs of one
 
 
-def test_the_shuffle_buffer_holds_compressed_records_not_videos(builder):
-    # Shuffling before decoding keeps the buffer at ~100 bytes an example here (about 400 at size 50).
-    records = input_pipeline.read_records(
+def test_the_shuffle_buffer_holds_serialized_records_not_videos(builder):
+    # Shuffling before parsing keeps the buffer at ~150 bytes an example here (about 500 at size 50).
+    records = input_pipeline.read_serialized(
         builder, "train", shuffle_files=True, seed=0, cycle_length=4, deterministic=True
     )
-    assert records.element_spec["video"].dtype == tf.string
+    assert records.element_spec.dtype == tf.string and records.element_spec.shape == []
 
 
 def test_a_missing_dataset_says_how_to_make_it(tmp_path):

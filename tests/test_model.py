@@ -127,3 +127,49 @@ def test_cosine_decay_brings_the_learning_rate_to_zero_at_the_last_step():
         optimizer.iterations.assign(step)
         rates[step] = float(optimizer.learning_rate)
     assert rates == pytest.approx({0: 0.002, 50: 0.001, 100: 0.0})
+
+
+@pytest.mark.parametrize("size", [2, 3, 8, 50])
+def test_render_video_draws_exactly_the_generators_videos_eagerly_under_xla_and_in_a_dataset_map(size):
+    import tensorflow as tf
+
+    data = generator.generate(seed=size, split="train", start=0, count=33, size=size)
+    render = model_lib.RenderVideo(size)
+    drawn = render(tf.constant(data["path"]))
+    assert drawn.dtype == tf.uint8 and tuple(drawn.shape) == (33, size, size, size, 1)
+    np.testing.assert_array_equal(drawn.numpy(), data["video"])
+    compiled = tf.function(render, jit_compile=True)
+    np.testing.assert_array_equal(compiled(tf.constant(data["path"])).numpy(), data["video"])
+    mapped = tf.data.Dataset.from_tensor_slices(data["path"]).batch(8).map(render)
+    np.testing.assert_array_equal(np.concatenate(list(mapped.as_numpy_iterator())), data["video"])
+
+
+def test_the_training_model_is_the_cnn_lstm_fed_by_render_video_with_the_same_weights():
+    keras.utils.set_random_seed(4)
+    training = model_lib.build_training_model({"size": 8})
+    assert [layer.name for layer in training.layers] == ["path", "render_video", "cnn_lstm"]
+    assert training.count_params() == model_lib.build_model({"size": 8}).count_params()
+    plain = model_lib.build_model({"size": 8})
+    plain.set_weights(training.get_weights())
+    data = generator.generate(seed=6, split="test", start=0, count=10, size=8)
+    np.testing.assert_allclose(
+        training.predict(data["path"], verbose=0), plain.predict(data["video"], verbose=0), atol=1e-6
+    )
+
+
+def test_the_training_model_round_trips_through_a_keras_file(tmp_path):
+    training = model_lib.build_training_model({"size": 8}, xla_layers=True)
+    training.save(tmp_path / "training.keras")
+    loaded = keras.models.load_model(tmp_path / "training.keras")
+    path = generator.generate(seed=2, split="train", start=0, count=4, size=8)["path"]
+    np.testing.assert_allclose(loaded.predict(path, verbose=0), training.predict(path, verbose=0), atol=1e-6)
+
+
+def test_xla_layers_are_chosen_for_one_device_only():
+    import tensorflow as tf
+
+    one = tf.distribute.MirroredStrategy(["/cpu:0"])
+    assert model_lib.xla_layers_for(one, True) and not model_lib.xla_layers_for(one, False)
+    devices = tf.config.list_logical_devices("CPU")
+    if len(devices) > 1:  # conftest or another test may have split the CPU
+        assert not model_lib.xla_layers_for(tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), True)

@@ -9,8 +9,10 @@ from conftest import SMALL, generate_args, run_command
 
 from pipeline import generator
 
+VERSION = "1.1.0"
+
 # Run in a fresh interpreter that never imports this project: prints, per split, the count and a
-# hash of (label, video) in stored order, and whether any project module got imported.
+# hash of (label, video, path) in stored order, and whether any project module got imported.
 READ_WITHOUT_PROJECT = """
 import hashlib, json, sys
 import tensorflow_datasets as tfds
@@ -18,7 +20,7 @@ data_dir, name, folder = sys.argv[1:4]
 def digest(dataset):
     hasher, count = hashlib.sha256(), 0
     for example in tfds.as_numpy(dataset):
-        hasher.update(bytes([int(example["label"])]) + example["video"].tobytes())
+        hasher.update(bytes([int(example["label"])]) + example["video"].tobytes() + example["path"].tobytes())
         count += 1
     return count, hasher.hexdigest()
 loaded = tfds.load(name, data_dir=data_dir)
@@ -41,14 +43,14 @@ def expected_digests(settings):
         count = settings[f"num_{split}"]
         arrays = generator.generate(settings["seed"], split, 0, count, settings["size"])
         hasher = hashlib.sha256()
-        for label, video in zip(arrays["label"], arrays["video"], strict=True):
-            hasher.update(bytes([int(label)]) + video.tobytes())
+        for label, video, path in zip(arrays["label"], arrays["video"], arrays["path"], strict=True):
+            hasher.update(bytes([int(label)]) + video.tobytes() + path.tobytes())
         result[split] = [count, hasher.hexdigest()]
     return result
 
 
 def dataset_folder(data_dir, size):
-    return os.path.join(data_dir, "moving_line", f"size_{size}", "1.0.0")
+    return os.path.join(data_dir, "moving_line", f"size_{size}", VERSION)
 
 
 def read_without_project(data_dir, name, size):
@@ -238,7 +240,7 @@ def test_a_killed_run_leaves_no_dataset_and_the_same_command_then_completes_it(t
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
-    assert glob.glob(str(config_folder / "incomplete.*")) and not (config_folder / "1.0.0").exists()
+    assert glob.glob(str(config_folder / "incomplete.*")) and not (config_folder / VERSION).exists()
     load = "import sys, tensorflow_datasets as tfds; tfds.load('moving_line/size_16', data_dir=sys.argv[1])"
     assert run_command("-c", load, str(tmp_path)).returncode != 0
 

@@ -17,7 +17,8 @@ from conftest import SMALL, generate_args, run_command
 
 from pipeline import generator
 
-SHARD = "moving_line/size_8/1.0.0/moving_line-{split}.tfrecord-00000-of-00001"
+VERSION = "1.1.0"
+SHARD = f"moving_line/size_8/{VERSION}/moving_line-{{split}}.tfrecord-00000-of-00001"
 # One short run: enough to have a SavedModel and a finished model_dir to misuse.
 QUICK_TRAIN = ["--config", "configs/smoke.yaml", "--set", "epochs=1", "--set", "steps_per_epoch=2",
                "--set", "validation_steps=1", "--set", "test_after_training=false"]  # fmt: skip
@@ -51,7 +52,7 @@ def work(small_data_dir, tmp_path_factory):
 
     no_validation = root / "no_validation"
     shutil.copytree(small_data_dir, no_validation)
-    info_path = no_validation / "moving_line/size_8/1.0.0/dataset_info.json"
+    info_path = no_validation / f"moving_line/size_8/{VERSION}/dataset_info.json"
     info = json.loads(info_path.read_text())
     info["splits"] = [split for split in info["splits"] if split["name"] != "validation"]
     info_path.write_text(json.dumps(info))
@@ -281,7 +282,7 @@ print(json.dumps({
     for split in builder.info.splits
 }))
 """
-    folder = os.path.join(data_dir, "moving_line", f"size_{size}", "1.0.0")
+    folder = os.path.join(data_dir, "moving_line", f"size_{size}", VERSION)
     return json.loads(run_command("-c", script, folder, check=True).stdout.strip().splitlines()[-1])
 
 

@@ -231,7 +231,7 @@ def test_a_run_killed_while_writing_a_backup_resumes_from_the_backup_before(smal
 
     resumed = run_command(*command, check=True)
     assert "Epoch 1/3" in resumed.stdout and (model_dir / "export" / "saved_model.pb").exists()
-    assert "conv (XlaConv2D)" in resumed.stderr and "training with XlaConv2D and XlaMaxPooling2D" in resumed.stderr
+    assert "conv (XlaConv2D)" in resumed.stderr and "training with XlaConv2D, XlaMaxPooling2D" in resumed.stderr
     saved_layers = zipfile.ZipFile(model_dir / "model.keras").read("config.json").decode()
     assert '"class_name": "Conv2D"' in saved_layers and "Xla" not in saved_layers  # exports hold Keras's layers
     assert json.loads((model_dir / "metrics.json").read_text())["accuracy"] >= 0.95

@@ -44,9 +44,10 @@ DEFAULTS = {
     # logical CPU devices to split the CPU into first (lets a CPU-only machine mirror over several).
     "devices": None,
     "logical_cpu_devices": 0,
-    # Training on one CPU: the conv and max-pool written for XLA (trainer.model.XlaConv2D) and the
-    # train step compiled by XLA, about 2x faster on 2 cores. Exported models have Keras's layers either way.
-    "xla_layers_on_cpu": True,
+    # Training on one device (a CPU or one GPU): the conv and max-pool written for XLA (trainer.model.XlaConv2D)
+    # and the whole train step compiled by XLA: 2-3x faster on 2 CPU cores, 2.2-2.5x on an H100 at batch
+    # 1,024 (BENCHMARKS.md). Mirrors over several devices keep Keras's layers. Exports have Keras's layers.
+    "xla_layers": True,
     # Multi-worker training (TF_CONFIG naming several tasks): an all-reduce waiting longer than this for a
     # peer fails the job rather than hanging it (a dead peer is also noticed by the strategy's health check).
     "collective_timeout_seconds": 60,
@@ -72,6 +73,7 @@ OPTIONAL = {
 # Keys that change how a run executes but not what it computes: a resumed run may change them.
 RUNTIME_KEYS = {
     "devices",
+    "xla_layers",
     "logical_cpu_devices",
     "verbose",
     "backup_every_steps",

@@ -8,8 +8,14 @@ layers once to all frames, and reshapes back to [batch, frames, features] for th
 LSTM. The layers, their shapes and the parameter count (240,661 at S = 50) are the
 tutorial's; build_time_distributed_model keeps the tutorial's form for comparison.
 
-Training on one CPU uses XlaConv2D and XlaMaxPooling2D in place of Conv2D and MaxPooling2D
-(the same layers computed another way, see XlaConv2D) with XLA. Exports use Keras's own.
+Training feeds the model the stored `path` (the pixel each frame lights, 2 bytes a frame)
+rather than the video: RenderVideo draws the frames inside the train step, on the accelerator,
+so the host neither inflates 125 kB per video nor copies it to the device. The trained layers
+see exactly the stored videos; exports take `video` as the tutorial's model does.
+
+Training on one device (a CPU or one GPU) uses XlaConv2D and XlaMaxPooling2D in place of Conv2D
+and MaxPooling2D, and XLA's LSTM loop in place of cuDNN's (the same layers computed another way,
+see XlaConv2D), with the whole train step compiled by XLA. Exports use Keras's own.
 """
 
 from __future__ import annotations
@@ -50,6 +56,36 @@ class UnfoldTime(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "frames": self.frames}
+
+
+@keras.saving.register_keras_serializable(package="moving_line")
+class RenderVideo(keras.layers.Layer):
+    """path [batch, T, 2] uint8, the (row, column) each frame lights -> video [batch, T, S, S, 1] uint8.
+
+    Frame t lights path[0..t], each pixel once (every column is visited once), so one [S, S] map of
+    "the frame a pixel lights up in" holds the video; frame t is that map compared with t. No weights.
+    """
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+
+    def call(self, path):
+        size, frames = self.size, path.shape[1]
+        rows = keras.ops.one_hot(keras.ops.cast(path[..., 0], "int32"), size)  # [batch, T, S]
+        columns = keras.ops.one_hot(keras.ops.cast(path[..., 1], "int32"), size)
+        step = keras.ops.reshape(keras.ops.arange(1, frames + 1, dtype="float32"), (1, frames, 1))
+        # lit_at[b, r, c]: 1 + the frame that lights (r, c), or 0 if none does. Small integers: exact even in TF32.
+        lit_at = keras.ops.einsum("btr,btc->brc", rows * step, columns)
+        frame = keras.ops.reshape(step, (1, frames, 1, 1))
+        lit = keras.ops.logical_and(lit_at[:, None] > 0, lit_at[:, None] <= frame)
+        return keras.ops.cast(lit, "uint8")[..., None]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], self.size, self.size, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
 
 
 def shifted_products_conv(images, kernel, bias):
@@ -107,13 +143,15 @@ class XlaMaxPooling2D(keras.layers.MaxPooling2D):
 
 
 def xla_layers_for(strategy, enabled: bool) -> bool:
-    """Whether to train with the XLA layers and XLA: when enabled and training on one CPU.
+    """Whether to train with the XLA layers and XLA: when enabled and training on one device (a CPU or a GPU).
 
-    GPUs have cuDNN's kernels. Several replicas (a mirror, or workers) keep Keras's layers
-    without XLA, whose compiled step would have to hold the cross-replica gradient sum.
+    Measured (BENCHMARKS.md): 2-3x faster train steps than Keras's layers on a 2-core CPU, and 2.2-2.5x
+    on an H100 at batch 1,024 (cuDNN's conv and max-pool on 2-channel 50x50 frames are mostly overhead).
+    Several replicas (a mirror, or workers) keep Keras's layers without XLA: XLA compiles the
+    cross-replica gradient sum only as an NCCL collective, which two replicas on one GPU cannot use.
     """
-    devices = [tf.DeviceSpec.from_string(device) for device in strategy.extended.worker_devices]
-    return enabled and len(devices) == 1 and devices[0].device_type == "CPU"
+    devices = strategy.extended.worker_devices
+    return enabled and len(devices) == 1
 
 
 def video_input(size: int) -> keras.KerasTensor:
@@ -129,8 +167,8 @@ def to_float(video: keras.KerasTensor) -> keras.KerasTensor:
 def build_model(config: dict, xla_layers: bool = False) -> keras.Model:
     """The folded CNN-LSTM for videos of config["size"] frames of size x size pixels (not compiled).
 
-    xla_layers: XlaConv2D and XlaMaxPooling2D in place of Conv2D and MaxPooling2D, for a model
-    compiled with XLA on a CPU (same weights, so either model takes the other's).
+    xla_layers: XlaConv2D, XlaMaxPooling2D and a non-cuDNN LSTM in place of Keras's defaults, for a
+    model compiled with XLA (same weights, so either model takes the other's).
     """
     size = config["size"]
     conv, pool = (XlaConv2D, XlaMaxPooling2D) if xla_layers else (keras.layers.Conv2D, keras.layers.MaxPooling2D)
@@ -140,9 +178,23 @@ def build_model(config: dict, xla_layers: bool = False) -> keras.Model:
     features = pool(POOL_SIZE, name="pool")(features)
     features = keras.layers.Flatten(name="flatten")(features)
     sequence = UnfoldTime(size, name="unfold_time")(features)
-    summary = keras.layers.LSTM(LSTM_UNITS, name="lstm")(sequence)
+    # cuDNN's LSTM kernel cannot be compiled by XLA: with the XLA layers the LSTM is XLA's loop (same weights).
+    summary = keras.layers.LSTM(LSTM_UNITS, name="lstm", use_cudnn=False if xla_layers else "auto")(sequence)
     probability_right = keras.layers.Dense(1, activation="sigmoid", name="probability_right")(summary)
     return keras.Model(video, probability_right, name="cnn_lstm")
+
+
+def path_input(size: int) -> keras.KerasTensor:
+    """The training model's input: the stored path, the pixel each of the size frames lights."""
+    return keras.Input(shape=(size, 2), dtype="uint8", name="path")
+
+
+def build_training_model(config: dict, xla_layers: bool = False) -> keras.Model:
+    """build_model's CNN-LSTM fed by RenderVideo: path in, P(right) out. Same weights as build_model's."""
+    size = config["size"]
+    path = path_input(size)
+    cnn_lstm = build_model(config, xla_layers=xla_layers)
+    return keras.Model(path, cnn_lstm(RenderVideo(size, name="render_video")(path)), name="cnn_lstm_from_path")
 
 
 def build_time_distributed_model(config: dict) -> keras.Model:

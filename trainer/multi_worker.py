@@ -137,7 +137,7 @@ def train(args, config: dict, paths, state: str) -> int:
         )
 
     def validation_input(input_context):
-        dataset = input_pipeline.evaluation_dataset(
+        dataset = input_pipeline.path_evaluation_dataset(
             builder, "validation", config, full_batches_only=True, input_context=input_context
         )
         return dataset.take(validation_steps)
@@ -149,7 +149,7 @@ def train(args, config: dict, paths, state: str) -> int:
 
     keras.utils.set_random_seed(config["seed"])
     with strategy.scope():
-        model = model_lib.build_model(config)
+        model = model_lib.build_training_model(config)
         decay_steps = config["epochs"] * steps_per_epoch if config["cosine_decay"] else None
         optimizer = model_lib.make_optimizer(config["learning_rate"], config["clip_norm"], decay_steps)
         optimizer.build(model.trainable_variables)
@@ -164,16 +164,16 @@ def train(args, config: dict, paths, state: str) -> int:
     if latest:
         cli.log(PROG, f"{me} resumed from {latest}: step {done_steps}, epoch {first_epoch + 1}")
 
-    def sums(videos, labels, training: bool):
-        probability_right = model(videos, training=training)
+    def sums(paths, labels, training: bool):
+        probability_right = model(paths, training=training)
         losses = keras.losses.binary_crossentropy(labels[:, None], probability_right)
         correct = keras.ops.cast((probability_right[:, 0] > 0.5) == (labels > 0.5), "float32")
         return losses, correct
 
     def train_step(batch):
-        videos, labels = batch
+        paths, labels = batch
         with tf.GradientTape() as tape:
-            losses, correct = sums(videos, labels, training=True)
+            losses, correct = sums(paths, labels, training=True)
             # Summed over this replica, divided by the global batch: the strategy's sum of gradients is then the mean.
             loss = tf.reduce_sum(losses) / batch_size
         gradients = tape.gradient(loss, model.trainable_variables)
@@ -181,8 +181,8 @@ def train(args, config: dict, paths, state: str) -> int:
         return tf.stack([tf.reduce_sum(losses), tf.reduce_sum(correct), tf.cast(tf.size(labels), tf.float32)])
 
     def validation_step(batch):
-        videos, labels = batch
-        losses, correct = sums(videos, labels, training=False)
+        paths, labels = batch
+        losses, correct = sums(paths, labels, training=False)
         return tf.stack([tf.reduce_sum(losses), tf.reduce_sum(correct), tf.cast(tf.size(labels), tf.float32)])
 
     @tf.function
