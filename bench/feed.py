@@ -7,6 +7,8 @@ Also each input pipeline on its own (no training). Candidates (--candidates):
 
   path                the trainer's: each example's 100-byte path, parsed a batch at a time; the
                       model renders the video on the device (trainer.model.RenderVideo)
+  path_host           the path, parsed the same way, drawn into frames by the input pipeline
+                      on the host (RenderVideo in a tf.data map); the model takes the video
   video_host          the stored zlib video, read by TFDS and inflated example by example on the
                       host (the trainer's design before the path feature)
   video_host_batched  the stored zlib video, parsed and inflated a batch at a time on the host
@@ -30,7 +32,7 @@ import time
 
 from pipeline import cli
 
-CANDIDATES = ("path", "video_host", "video_host_batched")
+CANDIDATES = ("path", "path_host", "video_host", "video_host_batched")
 # Steps of each timed fit left out of its rate: the iterator's start and the first batches' fill.
 WARMUP_STEPS = 5
 
@@ -74,6 +76,14 @@ def candidate_dataset(name: str, builder, config: dict):
 
     if name == "path":
         return input_pipeline.training_dataset(builder, config)
+    if name == "path_host":
+        from trainer import model as model_lib
+
+        render = model_lib.RenderVideo(config["size"])
+        paths = input_pipeline.training_dataset(builder, config)
+        return paths.map(lambda path, label: (render(path), label), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE
+        )
     if name == "video_host":
         records = input_pipeline.read_records(
             builder, "train", shuffle_files=True, seed=config["seed"], cycle_length=config["interleave_cycle_length"],
