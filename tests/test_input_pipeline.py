@@ -77,7 +77,7 @@ def test_evaluation_reads_a_split_once_in_stored_order_exactly_as_generated(buil
 
 def test_validation_paths_come_in_stored_order_and_draw_exactly_the_stored_videos(builder):
     config = small_config(batch_size=100)
-    paths = list(input_pipeline.path_evaluation_dataset(builder, "validation", config))
+    paths = list(input_pipeline.evaluation_dataset(builder, "validation", config, paths=True))
     videos = list(input_pipeline.evaluation_dataset(builder, "validation", config))
     assert [len(labels) for _, labels in paths] == [len(labels) for _, labels in videos]
     expected = generator.generate(SMALL["seed"], "validation", 0, SMALL["num_validation"], SMALL["size"])
@@ -87,7 +87,7 @@ def test_validation_paths_come_in_stored_order_and_draw_exactly_the_stored_video
     np.testing.assert_array_equal(np.concatenate([labels for _, labels in paths]), expected["label"])
     drawn = model_lib.RenderVideo(SMALL["size"])(tf.constant(path)).numpy()
     np.testing.assert_array_equal(drawn, np.concatenate([video for video, _ in videos]))
-    full_batches = input_pipeline.path_evaluation_dataset(builder, "validation", config, full_batches_only=True)
+    full_batches = input_pipeline.evaluation_dataset(builder, "validation", config, full_batches_only=True, paths=True)
     assert [len(labels) for _, labels in full_batches] == [100] * (SMALL["num_validation"] // 100)
     # Its length is known: Keras miscounts metrics over a dataset of unknown length.
     assert int(full_batches.cardinality()) == SMALL["num_validation"] // 100

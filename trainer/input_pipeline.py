@@ -128,23 +128,6 @@ def training_dataset(
     return batches if data_service is None else on_data_service(batches, data_service, data_service_job)
 
 
-def path_evaluation_dataset(
-    builder, split: str, config: dict, full_batches_only: bool = False, input_context=None
-) -> tf.data.Dataset:
-    """One pass over a split in its stored order as (path, label) batches: validation during training."""
-    records = read_serialized(
-        builder,
-        split,
-        shuffle_files=False,
-        seed=config["seed"],
-        cycle_length=1,  # shard after shard: the stored order
-        deterministic=True,
-        skip_corrupt=config.get("skip_corrupt_records", False),
-    )
-    records, batch_size = shard(records, config["batch_size"], input_context)
-    return batch_and_parse_paths(records, builder, batch_size, True, drop_remainder=full_batches_only)
-
-
 def read_serialized(
     builder, split: str, *, shuffle_files: bool, seed, cycle_length: int, deterministic: bool, skip_corrupt=False
 ) -> tf.data.Dataset:
@@ -191,14 +174,16 @@ def batch_and_parse_paths(records, builder, batch_size: int, deterministic: bool
 
 
 def evaluation_dataset(
-    builder, split: str, config: dict, full_batches_only: bool = False, input_context=None
+    builder, split: str, config: dict, full_batches_only: bool = False, input_context=None, paths: bool = False
 ) -> tf.data.Dataset:
     """One pass over a split in its stored order: (video, label) batches, the last one possibly short.
 
     full_batches_only drops that short batch: validation during training then keeps one batch shape
-    (a second shape would retrace Keras's test step, seconds each epoch on a CPU).
+    (a second shape would retrace Keras's test step, seconds each epoch on a CPU). paths gives
+    (path, label) batches instead, for the training model (validation during training).
     """
-    records = read_records(
+    read, batch = (read_serialized, batch_and_parse_paths) if paths else (read_records, batch_and_decode)
+    records = read(
         builder,
         split,
         shuffle_files=False,
@@ -208,7 +193,7 @@ def evaluation_dataset(
         skip_corrupt=config.get("skip_corrupt_records", False),
     )
     records, batch_size = shard(records, config["batch_size"], input_context)
-    return batch_and_decode(records, builder, batch_size, True, drop_remainder=full_batches_only)
+    return batch(records, builder, batch_size, True, drop_remainder=full_batches_only)
 
 
 def shard(records, global_batch_size: int, input_context):

@@ -137,8 +137,8 @@ def train(args, config: dict, paths, state: str) -> int:
         )
 
     def validation_input(input_context):
-        dataset = input_pipeline.path_evaluation_dataset(
-            builder, "validation", config, full_batches_only=True, input_context=input_context
+        dataset = input_pipeline.evaluation_dataset(
+            builder, "validation", config, full_batches_only=True, input_context=input_context, paths=True
         )
         return dataset.take(validation_steps)
 

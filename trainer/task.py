@@ -234,7 +234,7 @@ def main(argv=None):
         skipped = {split: corrupt_data.log_skipped(PROG, builder, split) for split in ("train", "validation")}
         readable_batches = (input_pipeline.split_size(builder, "validation") - skipped["validation"]) // batch_size
         validation_steps = max(1, min(validation_steps, readable_batches))
-    validation = input_pipeline.path_evaluation_dataset(builder, "validation", config, full_batches_only=True)
+    validation = input_pipeline.evaluation_dataset(builder, "validation", config, full_batches_only=True, paths=True)
     # Stated, not only taken: Keras 3.15 miscounts its metrics over a dataset of unknown length (seen:
     # val_accuracy 0.65 where every batch scored 0.97).
     validation = validation.take(validation_steps).apply(tf.data.experimental.assert_cardinality(validation_steps))
