@@ -1,16 +1,37 @@
-"""What every command shares: one-line errors with exit code 2, and progress lines."""
+"""What every command shares: one-line errors with documented exit codes, and progress lines.
+
+Exit codes: 0 done; 1 a fault (full disk, damaged file, lost peer: the line says what happened and
+what to do, and running the same command again does the right thing); 2 bad input (nothing was
+written); 128 + the signal's number when SIGINT (130) or SIGTERM (143) stopped a command.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
 
 USAGE_ERROR_EXIT = 2
+FAULT_EXIT = 1
+
+
+def interrupted_exit(signal_number: int) -> int:
+    """The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + signal_number
 
 
 class UsageError(ValueError):
     """Bad input the user can fix; the message says how."""
+
+
+class FaultError(RuntimeError):
+    """A failure that is not the user's input (full disk, damaged file, lost peer); the message says what to do."""
+
+    def __init__(self, message: str, exit_code: int = FAULT_EXIT):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -20,17 +41,26 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(self.prog, message)
 
 
-def fail(prog: str, message: str):
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(USAGE_ERROR_EXIT)
+def fail(prog: str, message: str, exit_code: int = USAGE_ERROR_EXIT):
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(exit_code)
 
 
 def run_main(prog: str, main, argv=None):
-    """Runs main(argv); a UsageError becomes one line on stderr and exit code 2."""
+    """Runs main(argv); a UsageError, FaultError, full disk or Ctrl-C becomes one line on stderr and its exit code."""
     try:
         return main(argv)
     except UsageError as error:
         fail(prog, str(error))
+    except FaultError as error:
+        fail(prog, str(error), error.exit_code)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        fail(prog, f"no space left on the device{where}; free some space and run the same command again", FAULT_EXIT)
+    except KeyboardInterrupt:
+        fail(prog, "interrupted (Ctrl-C); run the same command again", interrupted_exit(signal.SIGINT))
 
 
 def _int_at_least(text: str, minimum: int) -> int:
