@@ -34,6 +34,18 @@ class FaultError(RuntimeError):
         self.exit_code = exit_code
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived; like KeyboardInterrupt, not caught by `except Exception`."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+def raise_interrupted(signal_number, frame):
+    raise Interrupted(signal_number)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag on one line (no usage dump) and exits 2."""
 
@@ -47,7 +59,9 @@ def fail(prog: str, message: str, exit_code: int = USAGE_ERROR_EXIT):
 
 
 def run_main(prog: str, main, argv=None):
-    """Runs main(argv); a UsageError, FaultError, full disk or Ctrl-C becomes one line on stderr and its exit code."""
+    """Runs main(argv); a UsageError, FaultError, full disk, Ctrl-C or SIGTERM becomes one line and its exit code."""
+    # SIGTERM (what schedulers send before killing) unwinds like Ctrl-C, so `finally` blocks clean up.
+    signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         return main(argv)
     except UsageError as error:
@@ -60,7 +74,10 @@ def run_main(prog: str, main, argv=None):
         where = f" writing {error.filename}" if error.filename else ""
         fail(prog, f"no space left on the device{where}; free some space and run the same command again", FAULT_EXIT)
     except KeyboardInterrupt:
-        fail(prog, "interrupted (Ctrl-C); run the same command again", interrupted_exit(signal.SIGINT))
+        fail(prog, "interrupted by SIGINT; run the same command again", interrupted_exit(signal.SIGINT))
+    except Interrupted as interrupt:
+        name = signal.Signals(interrupt.signal_number).name
+        fail(prog, f"interrupted by {name}; run the same command again", interrupted_exit(interrupt.signal_number))
 
 
 def _int_at_least(text: str, minimum: int) -> int:
