@@ -44,21 +44,25 @@ DEFAULTS = {
     # logical CPU devices to split the CPU into first (lets a CPU-only machine mirror over several).
     "devices": None,
     "logical_cpu_devices": 0,
-    # Training on one device (a CPU or one GPU): the conv and max-pool written for XLA (trainer.model.XlaConv2D)
-    # and the whole train step compiled by XLA: 2-3x faster on 2 CPU cores, 2.2-2.5x on an H100 at batch
-    # 1,024 (BENCHMARKS.md). Mirrors over several devices keep Keras's layers. Exports have Keras's layers.
+    # Each replica's forward and backward pass compiled by XLA, with the conv and max-pool written for it
+    # (trainer.model.XlaConv2D): much faster on CPUs and GPUs (BENCHMARKS.md). Exports hold Keras's layers.
     "xla_layers": True,
     # Multi-worker training (TF_CONFIG naming several tasks): an all-reduce waiting longer than this for a
-    # peer fails the job rather than hanging it (a dead peer is also noticed by the strategy's health check).
+    # peer fails the job rather than hanging it (a dead peer is also noticed by the strategy's health check);
+    # a worker waits this long for the others to start before it gives up.
     "collective_timeout_seconds": 60,
-    # Checkpoints: BackupAndRestore saves every this many steps (None: at the end of each epoch).
-    "backup_every_steps": None,
+    "peer_wait_seconds": 600,
+    # Checkpoints (to resume exactly): at the end of each epoch and every this many steps (None: epochs only);
+    # the newest keep_checkpoints are kept (an older one is used when the newest is damaged).
+    "checkpoint_every_steps": None,
+    "keep_checkpoints": 3,
     # Unreadable records (a truncated or corrupted shard): false stops with an error naming the file;
     # true skips them (TensorFlow drops the rest of that shard) and logs how many were skipped.
     "skip_corrupt_records": False,
     # Evaluate on the test split at the end of training (writes metrics.json); trainer.evaluate does it too.
     "test_after_training": True,
-    # Keras progress output: 1 is the progress bar, 2 one line per epoch, 0 silent.
+    # Progress: 1 a line redrawn in place on a terminal (a plain line every 30 s otherwise) and one line per
+    # epoch, 2 the epoch lines only, 0 silent.
     "verbose": 1,
 }
 
@@ -66,7 +70,7 @@ OPTIONAL = {
     "clip_norm": float,
     "steps_per_epoch": int,
     "validation_steps": int,
-    "backup_every_steps": int,
+    "checkpoint_every_steps": int,
     "devices": list,
 }
 
@@ -76,10 +80,12 @@ RUNTIME_KEYS = {
     "xla_layers",
     "logical_cpu_devices",
     "verbose",
-    "backup_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
     "test_after_training",
     "skip_corrupt_records",  # so that a run stopped by corrupt data can resume with it set
     "collective_timeout_seconds",
+    "peer_wait_seconds",
 }
 
 POSITIVE_KEYS = {
@@ -93,8 +99,10 @@ POSITIVE_KEYS = {
     "validation_steps",
     "shuffle_buffer",
     "interleave_cycle_length",
-    "backup_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
     "collective_timeout_seconds",
+    "peer_wait_seconds",
 }
 
 

@@ -64,13 +64,22 @@ def first_error(records: tf.data.Dataset) -> str | None:
     return None
 
 
+class PeerReadError(Exception):
+    """Another worker could not read its share of the data (every worker stops at the same step)."""
+
+
 @contextlib.contextmanager
 def named_in_errors(builder, splits, skip_hint: str):
-    """Turns a read error from damaged shards of these splits into a UsageError naming the files."""
+    """Turns a read error from damaged shards of these splits (here or on another worker) into a UsageError
+    naming the files."""
     try:
         yield
-    except READ_ERRORS as error:
+    except (*READ_ERRORS, PeerReadError) as error:
         damaged = [shard for split in splits for shard in scan_split(builder, split)]
+        if not damaged and isinstance(error, PeerReadError):
+            raise cli.FaultError(
+                "another worker could not read its data; its log says what it could not read"
+            ) from None
         if not damaged:
             raise  # not a damaged shard: TensorFlow's own error is the best description
         raise cli.UsageError(

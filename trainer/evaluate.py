@@ -16,6 +16,8 @@ from pipeline import cli
 PROG = "trainer.evaluate"
 # Keras clips probabilities the same way in binary_crossentropy.
 EPSILON = 1e-7
+# Examples per prediction batch when the trainer evaluates the model it trained.
+EVALUATION_BATCH = 128
 
 
 def evaluate(predict_probabilities, dataset, class_names) -> dict:
@@ -43,6 +45,30 @@ def evaluate(predict_probabilities, dataset, class_names) -> dict:
             "rows_expected_columns_predicted": confusion.tolist(),
         },
     }
+
+
+def evaluate_trained_model(
+    trained, builder, config: dict, split: str, model_dir: str, prog: str, model_path: str
+) -> dict:
+    """Loss, accuracy and confusion matrix of a trained Keras model (taking `video`) on a split: logged, and
+    written to MODEL_DIR/metrics.json (metrics_<split>.json for a split other than test)."""
+    from trainer import corrupt_data, input_pipeline
+    from trainer import model as model_lib
+
+    hint = "--set skip_corrupt_records=true"
+    with corrupt_data.named_in_errors(builder, [split], hint):
+        metrics = evaluate(
+            model_lib.prediction_function(trained),
+            input_pipeline.evaluation_dataset(builder, split, {**config, "batch_size": EVALUATION_BATCH}),
+            builder.info.features["label"].names,
+        )
+    if config["skip_corrupt_records"]:
+        metrics["skipped_records"] = corrupt_data.log_skipped(prog, builder, split, metrics["examples"])
+    metrics = {"split": split, "model": model_path, "data": builder.data_dir, **metrics}
+    for line in describe(metrics):
+        cli.log(prog, line)
+    write_metrics(metrics, metrics_path(model_dir, split))
+    return metrics
 
 
 def describe(metrics: dict) -> list[str]:

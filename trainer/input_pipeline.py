@@ -20,6 +20,8 @@ from pipeline.cli import UsageError
 
 DATASET_NAME = "moving_line"
 AUTOTUNE = tf.data.AUTOTUNE
+# Counter-based and the same on every platform: the input order depends on the seed alone.
+RANDOM_ALGORITHM = "philox"
 
 
 def load_builder(data_dir: str, size: int):
@@ -94,55 +96,148 @@ def read_records(
 
 
 def training_dataset(
-    builder, config: dict, input_context=None, data_service: str | None = None, data_service_job: str | None = None
+    builder,
+    config: dict,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    start_step: int = 0,
+    input_context=None,
+    log=None,
 ) -> tf.data.Dataset:
-    """An endless stream of shuffled (path, label) batches of config["batch_size"] (the global batch).
+    """The run's training batches from start_step on: (path, label) batches, endless.
 
-    The model renders each path into its video (trainer.model.RenderVideo), on the accelerator.
-    input_context (a tf.distribute.InputContext, multi-worker training) makes it this worker's share:
-    every num_input_pipelines-th example, in batches of the per-replica size. data_service (a tf.data
-    service dispatcher, grpc://HOST:PORT) has the service's workers read, shuffle and parse; trainers
-    giving the same data_service_job share its stream.
+    Epoch e reads the training split in an order that is a pure function of (seed, e) when
+    config["deterministic"] is true: the shard files shuffled, read interleaved and shuffled in a
+    bounded buffer, both seeded by (seed, e), pass after pass until the epoch's steps are taken. A run
+    resumed at step s starts the stream of epoch s // steps_per_epoch and skips the batches already
+    taken: it reads at most one epoch again, never the run from its start, and sees exactly the
+    batches an uninterrupted run sees. The model renders each path into its video
+    (trainer.model.RenderVideo) on the training device.
+
+    input_context (tf.distribute) makes it this input pipeline's share in batches of the per-replica
+    size: its own shard files when the split has at least one per pipeline, else every k-th record.
     """
+    info = builder.info.splits["train"]
+    pipelines, pipeline_id = (
+        (1, 0) if input_context is None else (input_context.num_input_pipelines, input_context.input_pipeline_id)
+    )
+    batch_size = (
+        config["batch_size"]
+        if input_context is None
+        else input_context.get_per_replica_batch_size(config["batch_size"])
+    )
+    # Under a strategy each pipeline feeds its local replicas one batch each per step.
+    batches_per_step = 1 if input_context is None else input_context.num_replicas_in_sync // pipelines
+    own_files = reads_own_files(info.num_shards, input_context)
+    if log and pipelines > 1:
+        share = (
+            f"its own shard files, one in {pipelines} of the {info.num_shards} of each pass"
+            if own_files
+            else f"one record in {pipelines} of the {info.num_shards} shard file(s) (fewer files than pipelines)"
+        )
+        log(f"input pipeline {pipeline_id} of {pipelines} reads {share} of the training split")
+    paths = tf.constant([os.fspath(path) for path in info.filepaths])
+    lengths = tf.constant(info.shard_lengths, tf.int64)
     deterministic = config["deterministic"]
-    # Each tf.data service worker runs this whole pipeline: with one fixed seed they would all send the same stream.
-    seed = config["seed"] if data_service is None else None
+    skip_corrupt = config.get("skip_corrupt_records", False)
+
+    def pass_files(epoch, number):
+        """One pass's shard files (this pipeline's share of them), in an order drawn from (seed, epoch, pass)."""
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(info.num_shards), seed=fold_in(epoch_seed(config["seed"], epoch), number), alg=RANDOM_ALGORITHM
+        )
+        if own_files:
+            # Every pipeline draws the same order, so their shares never overlap.
+            order = order[pipeline_id::pipelines]
+        return tf.data.Dataset.from_tensor_slices((tf.gather(paths, order), tf.gather(lengths, order)))
+
+    def epoch_batches(epoch):
+        files = tf.data.Dataset.counter().flat_map(lambda number: pass_files(epoch, number))
+        records = interleave_shards(files, config["interleave_cycle_length"], deterministic, skip_corrupt)
+        if pipelines > 1 and not own_files:
+            records = records.shard(pipelines, pipeline_id)
+        records = window_shuffle(records, config["shuffle_buffer"], epoch_seed(config["seed"], epoch))
+        return records.batch(batch_size, drop_remainder=True).take(steps_per_epoch * batches_per_step)
+
+    first_epoch, steps_done = divmod(start_step, steps_per_epoch)
+    skip = tf.constant(steps_done * batches_per_step, tf.int64)
+    batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(
+        lambda epoch: epoch_batches(epoch).skip(tf.where(epoch == first_epoch, skip, tf.constant(0, tf.int64)))
+    )
+    batches = parse_paths(batches, builder, batch_size, deterministic)
+    return endless(batches.with_options(read_options(deterministic)))
+
+
+def epoch_seed(seed: int, epoch) -> tf.Tensor:
+    """The seed of an epoch's order, [2] int64: a pure function of (seed, epoch)."""
+    return tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+
+
+def fold_in(seed: tf.Tensor, number) -> tf.Tensor:
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(number, tf.int64), alg=RANDOM_ALGORITHM)
+
+
+def window_shuffle(records: tf.data.Dataset, window: int, seed: tf.Tensor) -> tf.data.Dataset:
+    """Records shuffled within consecutive windows of `window`, each by a permutation drawn from (seed, window's
+    number): as random as a shuffle buffer of that size, but a pure function of the seed (tf.data's shuffle
+    draws each epoch's seed from a generator that only replaying every earlier epoch reproduces)."""
+
+    def permute(number, window_records):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(window_records, out_type=tf.int64)[0]), seed=fold_in(seed, number), alg=RANDOM_ALGORITHM
+        )
+        return tf.data.Dataset.from_tensor_slices(tf.gather(window_records, order))
+
+    return records.batch(window).enumerate().flat_map(permute)
+
+
+def endless(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Repeated and stated endless: tf.distribute then fetches a batch without asking the other workers
+    whether theirs still have one (a collective on every batch, and one that hangs when a worker's read fails)."""
+    return dataset.repeat().apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+
+
+def data_service_dataset(builder, config: dict, address: str, job_name: str, input_context=None) -> tf.data.Dataset:
+    """Endless (path, label) batches made by the tf.data service at address (grpc://HOST:PORT).
+
+    The service's workers each read, shuffle and parse the whole split in their own random order (with one
+    fixed seed they would all send the same stream), so this stream cannot be replayed: a resumed run goes
+    on at its saved step with a fresh order. Trainers giving the same job_name share one job.
+    """
+    batch_size = (
+        config["batch_size"]
+        if input_context is None
+        else input_context.get_per_replica_batch_size(config["batch_size"])
+    )
     records = read_serialized(
         builder,
         "train",
         shuffle_files=True,
-        seed=seed,
+        seed=None,
         cycle_length=config["interleave_cycle_length"],
-        deterministic=deterministic,
+        deterministic=False,
         skip_corrupt=config.get("skip_corrupt_records", False),
     )
-    if data_service is None:
-        records, batch_size = shard(records, config["batch_size"], input_context)
-    else:
-        # Trainers that share a service job each get different batches from it; no sharding here.
-        batch_size = shard(records, config["batch_size"], input_context)[1]
-    # Repeat before shuffling so that epochs blend and the stream never stops at a split boundary;
-    # steps_per_epoch decides what an epoch is.
-    records = records.repeat().shuffle(config["shuffle_buffer"], seed=seed)
-    batches = batch_and_parse_paths(records, builder, batch_size, deterministic, drop_remainder=True)
-    return batches if data_service is None else on_data_service(batches, data_service, data_service_job)
+    records = records.repeat().shuffle(config["shuffle_buffer"])
+    batches = parse_paths(records.batch(batch_size, drop_remainder=True), builder, batch_size, False)
+    return endless(on_data_service(batches, address, job_name))
 
 
-def read_serialized(
-    builder, split: str, *, shuffle_files: bool, seed, cycle_length: int, deterministic: bool, skip_corrupt=False
-) -> tf.data.Dataset:
-    """The split's records, still serialized, from the shard files that the dataset's metadata lists.
-
-    Read without TFDS's per-example decoding: a batch of records is parsed at once (tf.io.parse_example),
-    which costs a fraction of parsing them one by one. Each shard must hold the records its metadata
-    says (TFDS's own check), unless skip_corrupt drops unreadable records instead of failing.
-    """
-    info = builder.info.splits[split]
-    files = tf.data.Dataset.from_tensor_slices(
-        ([os.fspath(path) for path in info.filepaths], tf.constant(info.shard_lengths, tf.int64))
+def validation_dataset(builder, config: dict, steps: int, input_context=None) -> tf.data.Dataset:
+    """The same first `steps` (path, label) batches of the validation split, again and again (one pass an epoch)."""
+    batches_per_step = (
+        1 if input_context is None else (input_context.num_replicas_in_sync // input_context.num_input_pipelines)
     )
-    if shuffle_files:
-        files = files.shuffle(len(info.shard_lengths), seed=seed)
+    batches = evaluation_dataset(
+        builder, "validation", config, full_batches_only=True, input_context=input_context, paths=True
+    )
+    return endless(batches.take(steps * batches_per_step))
+
+
+def interleave_shards(files: tf.data.Dataset, cycle_length: int, deterministic: bool, skip_corrupt: bool):
+    """The records of (path, record count) shard files, read interleaved; each shard's count is checked
+    (TFDS's own check: a shard cut at a record boundary is an error) unless skip_corrupt drops bad records."""
 
     def shard_records(path, length):
         records = tf.data.TFRecordDataset(path)
@@ -150,14 +245,47 @@ def read_serialized(
 
     parallel = {"num_parallel_calls": AUTOTUNE, "deterministic": deterministic} if cycle_length > 1 else {}
     records = files.interleave(shard_records, cycle_length=cycle_length, **parallel)
-    records = records.with_options(read_options(deterministic))
-    if skip_corrupt:
-        return records.ignore_errors()
-    # A known length: Keras miscounts metrics over a dataset of unknown length.
-    return records.apply(tf.data.experimental.assert_cardinality(info.num_examples))
+    return records.ignore_errors() if skip_corrupt else records
 
 
-def batch_and_parse_paths(records, builder, batch_size: int, deterministic: bool, drop_remainder: bool):
+def read_serialized(
+    builder,
+    split: str,
+    *,
+    shuffle_files: bool,
+    seed,
+    cycle_length: int,
+    deterministic: bool,
+    skip_corrupt=False,
+    input_context=None,
+) -> tf.data.Dataset:
+    """The split's records, still serialized, from the shard files that the dataset's metadata lists.
+
+    Read without TFDS's per-example decoding: a batch of records is parsed at once (tf.io.parse_example),
+    which costs a fraction of parsing them one by one. input_context: this input pipeline's share.
+    """
+    info = builder.info.splits[split]
+    files = shard_files(info)
+    if shuffle_files:
+        files = files.shuffle(len(info.shard_lengths), seed=seed)
+    own_files = reads_own_files(info.num_shards, input_context)
+    if own_files:
+        files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    records = interleave_shards(files, cycle_length, deterministic, skip_corrupt)
+    if input_context is not None and input_context.num_input_pipelines > 1 and not own_files:
+        records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return records.with_options(read_options(deterministic))
+
+
+def shard_files(info) -> tf.data.Dataset:
+    """(path, record count) of each shard file of a split, in order."""
+    return tf.data.Dataset.from_tensor_slices(
+        ([os.fspath(path) for path in info.filepaths], tf.constant(info.shard_lengths, tf.int64))
+    )
+
+
+def parse_paths(batches, builder, batch_size: int, deterministic: bool) -> tf.data.Dataset:
+    """Batches of serialized records -> (path uint8 [batch, S, 2], label float32 [batch]), prefetched."""
     size = builder.info.features["video"].shape[1]
     spec = {"path": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
@@ -167,10 +295,13 @@ def batch_and_parse_paths(records, builder, batch_size: int, deterministic: bool
         path = tf.ensure_shape(path, [serialized.shape[0], size, 2])  # keeps a static batch size static
         return path, tf.cast(examples["label"], tf.float32)
 
-    batches = records.batch(batch_size, drop_remainder=drop_remainder)
-    # Under a tf.distribute strategy model.fit splits each global batch across the replicas and its
-    # distributed iterator prefetches the pieces onto their devices; this prefetch keeps the host side busy.
+    # Under a tf.distribute strategy the distributed iterator prefetches each replica's batches onto its
+    # device; this prefetch keeps the host side busy.
     return batches.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic).prefetch(AUTOTUNE)
+
+
+def batch_and_parse_paths(records, builder, batch_size: int, deterministic: bool, drop_remainder: bool):
+    return parse_paths(records.batch(batch_size, drop_remainder=drop_remainder), builder, batch_size, deterministic)
 
 
 def evaluation_dataset(
@@ -178,30 +309,36 @@ def evaluation_dataset(
 ) -> tf.data.Dataset:
     """One pass over a split in its stored order: (video, label) batches, the last one possibly short.
 
-    full_batches_only drops that short batch: validation during training then keeps one batch shape
-    (a second shape would retrace Keras's test step, seconds each epoch on a CPU). paths gives
-    (path, label) batches instead, for the training model (validation during training).
+    full_batches_only drops that short batch (validation during training keeps one batch shape). paths gives
+    (path, label) batches instead, for the training model (validation during training). input_context makes
+    it this input pipeline's share, in batches of the per-replica size.
     """
-    read, batch = (read_serialized, batch_and_parse_paths) if paths else (read_records, batch_and_decode)
-    records = read(
-        builder,
-        split,
-        shuffle_files=False,
-        seed=config["seed"],
-        cycle_length=1,  # shard after shard: the stored order
-        deterministic=True,
-        skip_corrupt=config.get("skip_corrupt_records", False),
+    batch_size = (
+        config["batch_size"]
+        if input_context is None
+        else input_context.get_per_replica_batch_size(config["batch_size"])
     )
-    records, batch_size = shard(records, config["batch_size"], input_context)
-    return batch(records, builder, batch_size, True, drop_remainder=full_batches_only)
+    read = {
+        "shuffle_files": False,
+        "seed": config["seed"],
+        "cycle_length": 1,  # shard after shard: the stored order
+        "deterministic": True,
+        "skip_corrupt": config.get("skip_corrupt_records", False),
+    }
+    if paths:
+        records = read_serialized(builder, split, **read, input_context=input_context)
+        return batch_and_parse_paths(records, builder, batch_size, True, drop_remainder=full_batches_only)
+    records = read_records(builder, split, **read)
+    if input_context is not None:
+        records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return batch_and_decode(records, builder, batch_size, True, drop_remainder=full_batches_only)
 
 
-def shard(records, global_batch_size: int, input_context):
-    """This worker's share of the records and its batch size; all of them and the global batch without a context."""
-    if input_context is None:
-        return records, global_batch_size
-    records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    return records, input_context.get_per_replica_batch_size(global_batch_size)
+def reads_own_files(num_shards: int, input_context) -> bool:
+    """Whether each input pipeline reads only its own shard files (there is one for each), rather than every
+    k-th record of all of them."""
+    pipelines = 1 if input_context is None else input_context.num_input_pipelines
+    return pipelines > 1 and num_shards >= pipelines
 
 
 def batch_and_decode(records, builder, batch_size: int, deterministic: bool, drop_remainder: bool):

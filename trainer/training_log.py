@@ -1,80 +1,123 @@
-"""What a training run leaves besides the model: throughput lines, history as JSON, learning curves."""
+"""What a training run shows and leaves besides the model: progress, TensorBoard scalars, history, curves.
+
+Progress goes to stderr: on a terminal one line redrawn in place (a carriage return, no escape codes);
+otherwise a plain line every PLAIN_PROGRESS_SECONDS, so that log files stay readable. Every epoch
+ends with one line: steps, seconds, sequences per second and the metrics.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 import time
 
-import keras
 import tensorflow as tf
 
-from pipeline import cli
+from trainer import files
+
+PLAIN_PROGRESS_SECONDS = 30.0
+TERMINAL_REDRAW_SECONDS = 0.2
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose backup is never half-written.
-
-    Keras writes latest.weights.h5 and training_metadata.json in place, so a SIGKILL during a
-    save left a truncated file that the next run failed to load. Here each file is written
-    under a temporary name and renamed over the old one: weights first, so a kill between the
-    two renames repeats a few steps rather than skipping any.
-    """
-
-    def _save_model(self):
-        tf.io.gfile.makedirs(self.backup_dir)
-        partial_weights = tf.io.gfile.join(self.backup_dir, "partial.weights.h5")
-        partial_metadata = self._training_metadata_path + ".partial"
-        self.model.save_weights(partial_weights, overwrite=True)
-        with tf.io.gfile.GFile(partial_metadata, "w") as file:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, file)
-        tf.io.gfile.rename(partial_weights, self._weights_path, overwrite=True)
-        tf.io.gfile.rename(partial_metadata, self._training_metadata_path, overwrite=True)
+def describe_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(
+        f"{name} {value:.4g}" if name == "learning_rate" else f"{name} {value:.4f}" for name, value in metrics.items()
+    )
 
 
-class ThroughputLog(keras.callbacks.Callback):
-    """Logs each epoch's training speed in sequences per second (validation time excluded)."""
+class Progress:
+    """Progress within an epoch and the line that ends it (verbose: 0 silent, 1 progress, 2 epoch lines only)."""
 
-    def __init__(self, prog: str, batch_size: int):
-        super().__init__()
-        self.prog, self.batch_size = prog, batch_size
+    def __init__(self, prog: str, verbose: int, stream=None):
+        self.prog, self.verbose = prog, verbose
+        self.stream = stream or sys.stderr
+        self.terminal = self.verbose == 1 and self.stream.isatty()
+        self.shown = 0.0
+        self.drawn = False
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.steps = time.monotonic(), 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        self.last = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.steps:
+    def update(self, epoch: int, epochs: int, step: int, steps: int, metrics: dict[str, float]):
+        now = time.monotonic()
+        interval = TERMINAL_REDRAW_SECONDS if self.terminal else PLAIN_PROGRESS_SECONDS
+        if self.verbose != 1 or now - self.shown < interval:
             return
-        seconds = self.last - self.start
-        cli.log(
-            self.prog,
-            f"epoch {epoch + 1}: {self.steps} steps in {seconds:.1f} s, "
-            f"{self.steps * self.batch_size / seconds:,.0f} sequences/s, then {time.monotonic() - self.last:.1f} s "
-            "validating; " + ", ".join(f"{name} {value:.4f}" for name, value in (logs or {}).items()),
-        )
+        self.shown = now
+        line = f"[{self.prog}] epoch {epoch}/{epochs}: step {step}/{steps}; {describe_metrics(metrics)}"
+        if self.terminal:
+            self.stream.write("\r" + line[:200].ljust(100))
+            self.drawn = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def line(self, text: str):
+        """A line of its own (the end of an epoch, or any log line while progress is drawn)."""
+        if self.verbose == 0:
+            return
+        self.clear()
+        self.stream.write(f"[{self.prog}] {text}\n")
+        self.stream.flush()
+        self.shown = time.monotonic()
+
+    def clear(self):
+        if self.drawn:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.drawn = False
+
+
+class Scalars:
+    """TensorBoard scalars: train/ per step and per epoch, validation/ per epoch (Keras's names)."""
+
+    def __init__(self, logs: str):
+        self.writers = {name: tf.summary.create_file_writer(f"{logs}/{name}") for name in ("train", "validation")}
+
+    def step(self, step: int, metrics: dict[str, float]):
+        with self.writers["train"].as_default(step=step):
+            for name, value in metrics.items():
+                tf.summary.scalar(f"batch_{name}", value)
+
+    def epoch(self, epoch: int, train: dict[str, float], validation: dict[str, float]):
+        for name, metrics in (("train", train), ("validation", validation)):
+            with self.writers[name].as_default(step=epoch):
+                for metric, value in metrics.items():
+                    tf.summary.scalar(f"epoch_{metric}", value)
+            self.writers[name].flush()
+
+    def close(self):
+        for writer in self.writers.values():
+            writer.close()
 
 
 def read_history(csv_path: str) -> dict[str, list[float]]:
-    """CSVLogger's file (every epoch of the run, resumed parts included) as {column: [values]}."""
-
-    with tf.io.gfile.GFile(csv_path) as file:
-        rows = list(csv.DictReader(file))
+    """history.csv (one row per epoch, 0-based as Keras's CSVLogger writes it) as {column: [values]}."""
+    if not tf.io.gfile.exists(csv_path):
+        return {}
+    rows = list(csv.DictReader(io.StringIO(files.read_text(csv_path))))
     # A resumed run may log an epoch again: keep the last row of each.
     by_epoch = {int(row["epoch"]): row for row in rows}
     columns = list(rows[0]) if rows else []
     return {column: [float(by_epoch[epoch][column]) for epoch in sorted(by_epoch)] for column in columns}
 
 
-def write_history(csv_path: str, json_path: str) -> dict[str, list[float]]:
-
+def append_history(csv_path: str, row: dict[str, float]):
+    """Adds (or replaces) one epoch's row; the file is rewritten whole, so it is never half-written."""
     history = read_history(csv_path)
-    history["epoch"] = [int(epoch) + 1 for epoch in history.get("epoch", [])]  # 1-based, as Keras prints
-    with tf.io.gfile.GFile(json_path, "w") as file:
-        file.write(json.dumps(history, indent=2) + "\n")
+    epochs = [int(epoch) for epoch in history.get("epoch", [])]
+    rows = [{column: values[index] for column, values in history.items()} for index in range(len(epochs))]
+    rows = [old for old in rows if int(old["epoch"]) != row["epoch"]] + [row]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(row))
+    writer.writeheader()
+    for old in sorted(rows, key=lambda old: old["epoch"]):
+        writer.writerow({column: int(value) if column == "epoch" else value for column, value in old.items()})
+    files.write_atomically(csv_path, text.getvalue())
+
+
+def write_history(csv_path: str, json_path: str) -> dict[str, list[float]]:
+    history = read_history(csv_path)
+    history["epoch"] = [int(epoch) + 1 for epoch in history.get("epoch", [])]  # 1-based, as the progress lines
+    files.write_atomically(json_path, json.dumps(history, indent=2) + "\n")
     return history
 
 
@@ -96,6 +139,7 @@ def plot_learning_curves(history: dict[str, list[float]], path: str):
         axis.legend()
     axes[0].set_yscale("log")  # the loss falls over orders of magnitude
     figure.tight_layout()
-    with tf.io.gfile.GFile(path, "wb") as file:
-        figure.savefig(file, format="png", dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     plt.close(figure)
+    files.write_atomically(path, image.getvalue())

@@ -1,0 +1,130 @@
+"""Training checkpoints that cannot lie: written whole or not at all, checked before they are used.
+
+A checkpoint is a folder CHECKPOINTS/state/step_<N>/ with TensorFlow's checkpoint files (the weights,
+the optimizer's state and its step counter) and manifest.json: the step, the epochs finished, the
+running sums of the epoch in progress, the config that wrote it and the SHA-256 of every file. The
+manifest is written last, under a temporary name then renamed: a folder without one is a write that
+was cut short and is never used. Before a checkpoint is restored every file's checksum is checked; a
+damaged one is reported in one line and the one before it is used. The newest `keep` are kept.
+
+The input position is not stored: each epoch's order is a pure function of (seed, epoch), so the step
+says where the input stream stands (trainer.input_pipeline.training_dataset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+
+import tensorflow as tf
+
+from pipeline import cli
+from trainer import config as config_lib
+from trainer import files, outputs
+
+STATE_FOLDER = outputs.STATE_FOLDER
+MANIFEST = outputs.MANIFEST
+PREFIX = "ckpt"
+FORMAT = 1
+FOLDER_PATTERN = re.compile(r"step_(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a run stands: steps taken, epochs whose end-of-epoch work is done, the current epoch's sums."""
+
+    step: int = 0
+    epochs_done: int = 0
+    # Training loss sum, correct predictions and examples of the epoch in progress (history stays exact on resume).
+    epoch_sums: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def state_folder(checkpoints: str) -> str:
+    return os.path.join(checkpoints, STATE_FOLDER)
+
+
+def folders(checkpoints: str) -> list[tuple[int, str]]:
+    """(step, folder) of every checkpoint folder, finished or not, newest first."""
+    root = state_folder(checkpoints)
+    if not tf.io.gfile.isdir(root):
+        return []
+    found = [(FOLDER_PATTERN.match(name.rstrip("/")), name.rstrip("/")) for name in tf.io.gfile.listdir(root)]
+    return sorted(((int(match.group(1)), os.path.join(root, name)) for match, name in found if match), reverse=True)
+
+
+def has_finished_checkpoint(checkpoints: str) -> bool:
+    """Whether any checkpoint was written whole (a run that never got that far holds nothing worth resuming)."""
+    return any(tf.io.gfile.exists(os.path.join(folder, MANIFEST)) for _, folder in folders(checkpoints))
+
+
+def save(checkpoint: tf.train.Checkpoint, checkpoints: str, progress: Progress, config: dict, keep: int) -> str:
+    """Writes checkpoint at progress.step, then its manifest; removes all but the newest `keep` finished ones."""
+    folder = os.path.join(state_folder(checkpoints), f"step_{progress.step:09d}")
+    files.remove(folder)  # a write of this step cut short, or an older save of it
+    tf.io.gfile.makedirs(folder)
+    checkpoint.write(os.path.join(folder, PREFIX))
+    names = sorted(name for name in tf.io.gfile.listdir(folder) if name.startswith(PREFIX))
+    manifest = {
+        "format": FORMAT,
+        **dataclasses.asdict(progress),
+        "config": config,
+        "sha256": {name: files.sha256(os.path.join(folder, name)) for name in names},
+    }
+    files.write_atomically(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    found = folders(checkpoints)
+    finished = [step for step, old in found if tf.io.gfile.exists(os.path.join(old, MANIFEST))]
+    oldest_kept = finished[keep - 1] if len(finished) >= keep else 0
+    for step, old in found:
+        # Older than the newest `keep`, or a write cut short before this one.
+        if step < oldest_kept or (step not in finished and step < progress.step):
+            files.remove(old)
+    return folder
+
+
+def check(folder: str) -> tuple[dict | None, str | None]:
+    """(manifest, None) for a checkpoint written whole and undamaged; (None, what is wrong) otherwise."""
+    manifest_path = os.path.join(folder, MANIFEST)
+    if not tf.io.gfile.exists(manifest_path):
+        return None, "its write was cut short (no manifest)"
+    try:
+        manifest = json.loads(files.read_text(manifest_path))
+        expected = manifest["sha256"]
+    except (ValueError, KeyError, TypeError, tf.errors.OpError):
+        return None, "its manifest is unreadable"
+    if manifest.get("format") != FORMAT:
+        return None, f"it has format {manifest.get('format')!r}, not {FORMAT}"
+    for name, digest in sorted(expected.items()):
+        path = os.path.join(folder, name)
+        if not tf.io.gfile.exists(path):
+            return None, f"{name} is missing"
+        if files.sha256(path) != digest:
+            return None, f"{name} does not match its checksum (damaged)"
+    return manifest, None
+
+
+def restore_latest(checkpoint: tf.train.Checkpoint, checkpoints: str, config: dict, log) -> Progress | None:
+    """Restores the newest good checkpoint into checkpoint; its Progress, or None when there is none.
+
+    Damaged or unfinished checkpoints newer than it are reported through log, one line each. A checkpoint
+    written with another config (runtime keys aside) is refused with a UsageError.
+    """
+    for _, folder in folders(checkpoints):
+        manifest, problem = check(folder)
+        if manifest is not None:
+            changed = config_lib.differences(manifest["config"], config)
+            if changed:
+                raise cli.UsageError(
+                    f"the checkpoint {folder} was written by a run with another config ({'; '.join(changed)}); "
+                    "use a new --model_dir (and checkpoint folder), or the config of that run"
+                )
+            try:
+                checkpoint.read(os.path.join(folder, PREFIX)).assert_consumed()
+            except (tf.errors.OpError, AssertionError, ValueError) as error:
+                problem = f"TensorFlow could not read it ({type(error).__name__})"
+            else:
+                sums = tuple(float(value) for value in manifest["epoch_sums"])
+                return Progress(manifest["step"], manifest["epochs_done"], sums)
+        log(f"checkpoint {folder} is not usable: {problem}; trying the one before it")
+    return None

@@ -1,0 +1,191 @@
+"""Stopping cleanly when asked: SIGTERM (what Kubernetes, Vertex AI and spot VMs send before they kill) or SIGINT.
+
+In the training process, StopRequest only notes the signal: the loop finishes the step in progress,
+saves a checkpoint, says where it stopped and exits with 128 + the signal's number (143 for SIGTERM,
+130 for Ctrl-C); the same command then resumes exactly. Should the loop not get there within
+GRACE_SECONDS (a first step still being compiled), a watchdog thread says so and exits, and the run
+resumes from its last checkpoint.
+
+Across machines, MultiWorkerMirroredStrategy waits for every worker inside TensorFlow, holding Python's
+lock, where no signal handler and no timeout can run; TensorFlow's coordination service also takes
+SIGTERM for itself. So with TF_CONFIG, trainer.task runs the training in a child process and watches it
+(supervise): until the child reports that every worker has joined, a signal or peer_wait_seconds ends the
+child at once (nothing is written before that); afterwards signals are passed on to the child, which
+stops as above, and the child is ended if it is not gone within the grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from pipeline import cli
+
+GRACE_SECONDS = 8.0
+# The supervisor allows the child its grace period and a little more to save and exit.
+SUPERVISOR_GRACE_SECONDS = GRACE_SECONDS + 1.5
+READY_FD_VARIABLE = "MOVING_LINE_TRAINER_READY_FD"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """The first SIGTERM or SIGINT, noted for the training loop; a watchdog exits if the loop is too slow."""
+
+    def __init__(self, prog: str):
+        self.prog = prog
+        self.signal_number: int | None = None
+        self.resume_hint = "nothing was saved yet"
+        self._stopped = threading.Event()
+
+    def install(self):
+        for number in STOP_SIGNALS:
+            signal.signal(number, self._note)
+
+    def uninstall(self):
+        """Back to ending the command at once (cli.run_main's handling) once there is no step to finish."""
+        self.stopped()
+        signal.signal(signal.SIGTERM, cli.raise_interrupted)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    @property
+    def exit_code(self) -> int:
+        return cli.interrupted_exit(self.signal_number)
+
+    def name(self) -> str:
+        return signal.Signals(self.signal_number).name
+
+    def stopped(self):
+        """The loop has stopped and saved: the watchdog has nothing to do."""
+        self._stopped.set()
+
+    def _note(self, signal_number, frame):
+        if self.signal_number is not None:
+            return  # already stopping; schedulers and terminals often send more than one
+        self.signal_number = signal_number
+        threading.Thread(target=self._watchdog, daemon=True).start()
+
+    def _watchdog(self):
+        if self._stopped.wait(GRACE_SECONDS):
+            return
+        print(
+            f"{self.prog}: error: stopped by {self.name()} before the step in progress finished; "
+            f"{self.resume_hint}; run the same command again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(self.exit_code)
+
+
+def supervised() -> bool:
+    """Whether this process is the training child of supervise()."""
+    return READY_FD_VARIABLE in os.environ
+
+
+def tell_supervisor_ready():
+    """Tells supervise() that every worker has joined and this process now handles signals itself."""
+    descriptor = os.environ.pop(READY_FD_VARIABLE, None)
+    if descriptor is not None:
+        os.write(int(descriptor), b"1")
+        os.close(int(descriptor))
+
+
+def _die_with_parent():
+    """In the child, before it runs: the kernel kills it if the supervisor dies (Linux); elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def supervise(prog: str, argv: list[str], peer_wait_seconds: float, peers: dict[str, str], describe_self: str) -> int:
+    """Runs `python -m trainer.task argv` as a child and watches it (see the module's docstring); its exit code.
+
+    peers: the other workers' addresses by name ("worker 1" -> "host:port"), to say which did not join.
+    """
+    received: list[int] = []
+    for number in STOP_SIGNALS:
+        signal.signal(number, lambda signal_number, frame: received.append(signal_number))
+    ready_read, ready_write = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "trainer.task", *argv],
+        env={**os.environ, READY_FD_VARIABLE: str(ready_write)},
+        pass_fds=(ready_write,),
+        preexec_fn=_die_with_parent,
+    )
+    os.close(ready_write)
+    deadline = time.monotonic() + peer_wait_seconds
+    ready, forwarded, stop_deadline = False, 0, None
+    while True:
+        code = child.poll()
+        if code is not None:
+            return code if code >= 0 else cli.interrupted_exit(-code)
+        if not ready:
+            readable, _, _ = select.select([ready_read], [], [], 0.2)
+            ready = bool(readable) and os.read(ready_read, 1) == b"1"
+            if received and not ready:
+                _end(child)
+                name = signal.Signals(received[0]).name
+                print(
+                    f"{prog}: error: stopped by {name} while waiting for the other workers; nothing was "
+                    "written; run the same command again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return cli.interrupted_exit(received[0])
+            if not ready and time.monotonic() > deadline:
+                _end(child)
+                missing = [f"{name} ({address})" for name, address in peers.items() if not _listening(address)]
+                print(
+                    f"{prog}: error: {describe_self} waited {peer_wait_seconds:g} s for the other workers of "
+                    f"TF_CONFIG; {'no answer from ' + ', '.join(missing) if missing else 'they did not all join'}; "
+                    "start the same command on every worker (each with its own TF_CONFIG), or raise "
+                    "peer_wait_seconds",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return cli.FAULT_EXIT
+            continue
+        if len(received) > forwarded:
+            for number in received[forwarded:]:
+                child.send_signal(number)
+            forwarded = len(received)
+            stop_deadline = stop_deadline or time.monotonic() + SUPERVISOR_GRACE_SECONDS
+        if stop_deadline and time.monotonic() > stop_deadline:
+            _end(child)
+            name = signal.Signals(received[0]).name
+            print(
+                f"{prog}: error: stopped by {name}; the training process did not stop in time and was ended; "
+                "run the same command again to resume from its last checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
+            return cli.interrupted_exit(received[0])
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=0.2)
+
+
+def _end(child: subprocess.Popen):
+    child.kill()
+    child.wait()
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+    except (OSError, ValueError):
+        return False
+    return True

@@ -1,0 +1,397 @@
+"""The training loop: one loop, one train step and one checkpoint format on one device, on a mirror over
+the devices of one machine, and across machines (MultiWorkerMirroredStrategy).
+
+Keras 3's model.fit does not run under MultiWorkerMirroredStrategy, and its BackupAndRestore restarts an
+interrupted epoch from its first batch with the input stream from its start. This loop resumes exactly:
+a checkpoint (trainer.checkpoints) holds the step, the weights and the optimizer's state, and each
+epoch's input order is a pure function of (seed, epoch) (trainer.input_pipeline.training_dataset), so
+a run stopped at any point and started again ends with the weights of a run never stopped (with
+`deterministic: true`).
+
+A train step: the forward and backward pass of each replica, compiled by XLA (with the XLA layers);
+the gradients summed over every replica of every worker and clipped by their global norm (so clipping
+means the same on 1 or N replicas); Adam's update. SIGTERM or SIGINT (trainer.preemption) stop the loop
+after the step in progress, with a checkpoint; across workers every worker stops at the same step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import cli
+from trainer import checkpoints, corrupt_data, export, files, input_pipeline, training_log
+from trainer import config as config_lib
+from trainer import model as model_lib
+
+# What the workers agree on before each step (a sum over all of them): who was asked to stop, and who
+# could not read its data.
+STOP_SIGINT, STOP_SIGTERM, READ_FAILED = range(3)
+# TensorFlow's errors when another worker is gone or does not answer within collective_timeout_seconds.
+LOST_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The run's shape, checked against the dataset before anything is written."""
+
+    epochs: int
+    steps_per_epoch: int
+    validation_steps: int
+    batch_size: int
+    num_train: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def plan_run(builder, config: dict) -> Plan:
+    """The run's shape; a UsageError when the dataset cannot give it (a batch larger than a split)."""
+    num_train = input_pipeline.split_size(builder, "train")
+    batch_size = config["batch_size"]
+    if num_train < batch_size:
+        raise cli.UsageError(f"batch_size {batch_size} is larger than the {num_train} training examples")
+    # Each epoch validates on the same first batches of the validation split (all its full batches by default).
+    validation_batches = input_pipeline.split_size(builder, "validation") // batch_size
+    validation_steps = min(config["validation_steps"] or validation_batches, validation_batches)
+    if validation_steps < 1:
+        raise cli.UsageError(f"batch_size {batch_size} is larger than the validation split; lower batch_size")
+    steps_per_epoch = config["steps_per_epoch"] or num_train // batch_size
+    return Plan(config["epochs"], steps_per_epoch, validation_steps, batch_size, num_train)
+
+
+@dataclasses.dataclass
+class Outcome:
+    progress: checkpoints.Progress
+    weights: list[np.ndarray] | None = None  # None when the run stopped before its end
+    stop_signal: int | None = None
+    stopped_at: str = ""
+
+
+def weights_fingerprint(weights) -> str:
+    """A short hash of the weights' bytes: equal on every worker, and between a run and its resumed twin."""
+    digest = hashlib.sha256()
+    for array in weights:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Loop:
+    """One run's model, optimizer, steps, input and outputs (built under the strategy)."""
+
+    def __init__(
+        self,
+        *,
+        config,
+        builder,
+        strategy,
+        plan: Plan,
+        paths,
+        chief: bool,
+        workers: int,
+        stop,
+        log,
+        data_service: str | None = None,
+        data_service_job: str | None = None,
+    ):
+        self.config, self.builder, self.strategy, self.plan, self.paths = config, builder, strategy, plan, paths
+        self.chief, self.workers, self.stop, self.log = chief, workers, stop, log
+        self.replicas = strategy.num_replicas_in_sync
+        if plan.batch_size % self.replicas:
+            raise cli.UsageError(f"batch_size {plan.batch_size} does not split evenly over {self.replicas} replicas")
+        self.xla = config["xla_layers"]
+        keras.utils.set_random_seed(config["seed"])
+        with strategy.scope():
+            self.model = model_lib.build_training_model(config, xla_layers=self.xla)
+            decay_steps = plan.total_steps if config["cosine_decay"] else None
+            # Clipping is the step's (after the sum over replicas), not the optimizer's (before it).
+            self.optimizer = model_lib.make_optimizer(config["learning_rate"], None, decay_steps)
+            self.optimizer.build(self.model.trainable_variables)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+        self.data_service, self.data_service_job = data_service, data_service_job
+        self.saved: checkpoints.Progress | None = None
+        self._build_steps()
+
+    # The steps.
+
+    def _build_steps(self):
+        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        batch_size, replicas, clip_norm = self.plan.batch_size, self.replicas, self.config["clip_norm"]
+
+        def sums(probability_right, labels, losses):
+            correct = tf.cast((probability_right[:, 0] > 0.5) == (labels > 0.5), tf.float32)
+            return tf.stack([tf.reduce_sum(losses), tf.reduce_sum(correct), tf.cast(tf.size(labels), tf.float32)])
+
+        def forward_backward(paths, labels):
+            with tf.GradientTape() as tape:
+                probability_right = model(paths, training=True)
+                losses = keras.losses.binary_crossentropy(labels[:, None], probability_right)
+                # Summed here, divided by the global batch: the sum over replicas is then the global mean.
+                loss = tf.reduce_sum(losses) / batch_size
+            return tape.gradient(loss, model.trainable_variables), sums(probability_right, labels, losses)
+
+        def forward(paths, labels):
+            probability_right = model(paths, training=False)
+            return sums(probability_right, labels, keras.losses.binary_crossentropy(labels[:, None], probability_right))
+
+        # XLA compiles what each replica computes alone; the sum over replicas stays outside, where
+        # tf.distribute does it (XLA compiles cross-replica sums only as NCCL collectives).
+        forward_backward = tf.function(forward_backward, jit_compile=self.xla)
+        forward = tf.function(forward, jit_compile=self.xla)
+
+        def replica_step(paths, labels):
+            gradients, step_sums = forward_backward(paths, labels)
+            if clip_norm is not None:
+                context = tf.distribute.get_replica_context()
+                gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+                gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
+                # The optimizer sums over replicas again: hand it 1/N of the clipped sum (exact for N a power of 2).
+                gradients = [gradient / replicas for gradient in gradients] if replicas > 1 else gradients
+            optimizer.apply(gradients, model.trainable_variables)
+            return step_sums
+
+        @tf.function
+        def train_step(batch):
+            return strategy.reduce("SUM", strategy.run(replica_step, args=batch), axis=None)
+
+        def replica_validation_step(paths, labels):
+            # Called from a Python function: a compiled function handed to strategy.run itself is placed on the
+            # first replica's device for every replica.
+            return forward(paths, labels)
+
+        @tf.function
+        def validation_step(batch):
+            return strategy.reduce("SUM", strategy.run(replica_validation_step, args=batch), axis=None)
+
+        @tf.function
+        def agree(status):
+            return strategy.reduce("SUM", strategy.run(tf.identity, args=(status,)), axis=None)
+
+        self.train_step, self.validation_step, self._agree = train_step, validation_step, agree
+
+    def agree(self, status: np.ndarray) -> np.ndarray:
+        """The sum of every worker's status: all see the same, so all stop at the same step. One worker: its own."""
+        if self.workers == 1:
+            return status
+        # Each local replica adds this worker's status: send 1/(local replicas) of it.
+        local_replicas = self.replicas // self.workers
+        return self._agree(tf.constant(np.asarray(status, np.float64) / local_replicas)).numpy()
+
+    def next_batch(self, iterator):
+        """(batch, status): the batch, or None with the reason every worker agreed to stop on."""
+        status, batch, error = np.zeros(3), None, None
+        if self.stop.requested:
+            status[STOP_SIGTERM if self.stop.name() == "SIGTERM" else STOP_SIGINT] = 1
+        else:
+            try:
+                batch = next(iterator)
+            except corrupt_data.READ_ERRORS as caught:
+                if self.workers == 1:
+                    raise
+                status[READ_FAILED], error = 1, caught
+        agreed = self.agree(status)
+        if agreed[READ_FAILED]:
+            raise error if error is not None else corrupt_data.PeerReadError()
+        return (batch, None) if not agreed.any() else (None, agreed)
+
+    def stop_signal(self, agreed) -> int:
+        return 15 if agreed[STOP_SIGTERM] else 2
+
+    # The run.
+
+    def run(self, progress: checkpoints.Progress) -> Outcome:
+        plan, config = self.plan, self.config
+        if self.workers > 1:
+            self.check_same_start(progress.step)
+        strategy = self.strategy
+        start = time.monotonic()
+        if self.data_service:
+
+            def training_input(context):  # noqa: E306
+                return input_pipeline.data_service_dataset(
+                    self.builder, config, self.data_service, self.data_service_job, context
+                )
+        else:
+
+            def training_input(context):  # noqa: E306
+                return input_pipeline.training_dataset(
+                    self.builder,
+                    config,
+                    steps_per_epoch=plan.steps_per_epoch,
+                    epochs=plan.epochs,
+                    start_step=progress.step,
+                    input_context=context,
+                    log=self.log if self.chief else None,
+                )
+
+        train_batches = iter(strategy.distribute_datasets_from_function(training_input))
+        validation = iter(
+            strategy.distribute_datasets_from_function(
+                lambda context: input_pipeline.validation_dataset(self.builder, config, plan.validation_steps, context)
+            )
+        )
+        scalars = training_log.Scalars(self.paths.logs) if self.chief else None
+        display = training_log.Progress("trainer.task", config["verbose"])
+        step, epoch_sums = progress.step, np.array(progress.epoch_sums, np.float64)
+        first_new_step = True
+        try:
+            for epoch in range(progress.epochs_done, plan.epochs):
+                epoch_end = (epoch + 1) * plan.steps_per_epoch
+                epoch_start_time, steps_run, interval = time.monotonic(), 0, (time.monotonic(), step)
+                while step < epoch_end:
+                    batch, agreed = self.next_batch(train_batches)
+                    if batch is None:
+                        display.clear()
+                        return self.save_stopped(step, epoch, epoch_sums, agreed, "training")
+                    step_sums = self.train_step(batch).numpy().astype(np.float64)
+                    if first_new_step:
+                        first_new_step = False
+                        self.log(
+                            f"first step of this run after {time.monotonic() - start:.1f} s (input position, "
+                            "compilation)"
+                        )
+                    step, steps_run = step + 1, steps_run + 1
+                    epoch_sums += step_sums
+                    metrics = {"loss": epoch_sums[0] / epoch_sums[2], "accuracy": epoch_sums[1] / epoch_sums[2]}
+                    display.update(
+                        epoch + 1, plan.epochs, step - epoch * plan.steps_per_epoch, plan.steps_per_epoch, metrics
+                    )
+                    if scalars and step % self.scalar_every == 0:
+                        seconds = time.monotonic() - interval[0]
+                        scalars.step(
+                            step,
+                            {
+                                "loss": step_sums[0] / step_sums[2],
+                                "accuracy": step_sums[1] / step_sums[2],
+                                "learning_rate": self.learning_rate(),
+                                "throughput": (step - interval[1]) * plan.batch_size / max(seconds, 1e-9),
+                            },
+                        )
+                        interval = (time.monotonic(), step)
+                    every = config["checkpoint_every_steps"]
+                    if every and step % every == 0 and step < epoch_end:
+                        self.save(checkpoints.Progress(step, epoch, tuple(epoch_sums)))
+                train_seconds = time.monotonic() - epoch_start_time
+                validation_start = time.monotonic()
+                validation_sums = np.zeros(3, np.float64)
+                for _ in range(plan.validation_steps):
+                    batch, agreed = self.next_batch(validation)
+                    if batch is None:
+                        return self.save_stopped(step, epoch, epoch_sums, agreed, "validation")
+                    validation_sums += self.validation_step(batch).numpy()
+                validation_seconds = time.monotonic() - validation_start
+                self.end_epoch(
+                    epoch, epoch_sums, validation_sums, steps_run, train_seconds, validation_seconds, scalars, display
+                )
+                epoch_sums = np.zeros(3, np.float64)
+                self.save(checkpoints.Progress(step, epoch + 1))
+        except LOST_PEER_ERRORS as error:
+            if self.workers == 1:
+                raise
+            raise cli.FaultError(
+                f"lost contact with another worker ({type(error).__name__}) at step {step}; start every worker "
+                "again with the same command to resume from the last checkpoint"
+            ) from None
+        finally:
+            if scalars:
+                scalars.close()
+        self.stop.stopped()
+        return Outcome(checkpoints.Progress(step, plan.epochs), weights=self.model.get_weights())
+
+    @property
+    def scalar_every(self) -> int:
+        return max(1, min(50, self.plan.steps_per_epoch))
+
+    def learning_rate(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+
+    def check_same_start(self, step: int):
+        """Every worker must resume from the same checkpoint (the chief's, in the one model_dir they share)."""
+        total = self.agree(np.array([step, step * step, 0.0]))
+        # Equal sums of the steps and of their squares: every worker has the same step.
+        if total[0] != self.workers * step or total[1] != self.workers * step * step:
+            raise cli.FaultError(
+                "the workers resumed from different checkpoints: --model_dir (and AIP_CHECKPOINT_DIR) must be one "
+                "folder that every worker reaches, such as gs://BUCKET/model"
+            )
+
+    def end_epoch(
+        self, epoch, epoch_sums, validation_sums, steps_run, train_seconds, validation_seconds, scalars, display
+    ):
+        train = {"loss": epoch_sums[0] / epoch_sums[2], "accuracy": epoch_sums[1] / epoch_sums[2]}
+        validation = {
+            "loss": validation_sums[0] / validation_sums[2],
+            "accuracy": validation_sums[1] / validation_sums[2],
+        }
+        learning_rate = self.learning_rate()
+        throughput = steps_run * self.plan.batch_size / train_seconds if steps_run else 0.0
+        display.line(
+            f"epoch {epoch + 1}/{self.plan.epochs}: {steps_run} steps in {train_seconds:.1f} s, {throughput:,.0f} "
+            f"sequences/s, then {validation_seconds:.1f} s validating; "
+            + training_log.describe_metrics(
+                {
+                    **train,
+                    **{f"val_{name}": value for name, value in validation.items()},
+                    "learning_rate": learning_rate,
+                }
+            )
+        )
+        if not self.chief:
+            return
+        training_log.append_history(
+            self.paths.history_csv,
+            {
+                "epoch": epoch,
+                "accuracy": train["accuracy"],
+                "learning_rate": learning_rate,
+                "loss": train["loss"],
+                "val_accuracy": validation["accuracy"],
+                "val_loss": validation["loss"],
+            },
+        )
+        extra = {"learning_rate": learning_rate} | ({"throughput": throughput} if steps_run else {})
+        scalars.epoch(epoch + 1, {**train, **extra}, validation)
+        tf.io.gfile.makedirs(self.paths.checkpoints)
+        export.save_keras(self.plain_model(), self.paths.epoch_keras(epoch + 1))
+
+    def plain_model(self) -> keras.Model:
+        """The CNN-LSTM taking `video`, with the trained weights (no distributed variables)."""
+        model = model_lib.build_model(self.config)
+        model.set_weights(self.model.get_weights())
+        return model
+
+    def save(self, progress: checkpoints.Progress):
+        if progress.step == 0 and progress.epochs_done == 0 or progress == self.saved:
+            return  # nothing learnt yet, or saved already
+        self.saved = progress
+        if not self.chief:
+            # One checkpoint for all, the chief's: every worker holds the same state at the same step.
+            self.stop.resume_hint = f"the chief saves the checkpoint of step {progress.step}"
+            return
+        if not tf.io.gfile.exists(self.paths.config):
+            # Written with the first checkpoint: a run that fails before one does not bind its model_dir.
+            tf.io.gfile.makedirs(self.paths.model_dir)
+            files.write_atomically(self.paths.config, config_lib.dump(self.config))
+        folder = checkpoints.save(
+            self.checkpoint, self.paths.checkpoints, progress, self.config, self.config["keep_checkpoints"]
+        )
+        self.stop.resume_hint = f"the last checkpoint is {folder} (step {progress.step})"
+
+    def save_stopped(self, step, epoch, epoch_sums, agreed, where) -> Outcome:
+        progress = checkpoints.Progress(step, epoch, tuple(epoch_sums))
+        self.save(progress)
+        self.stop.stopped()
+        return Outcome(
+            progress, stop_signal=self.stop_signal(agreed), stopped_at=f"step {step} ({where} of epoch {epoch + 1})"
+        )
