@@ -232,7 +232,7 @@ class Loop:
                     epochs=plan.epochs,
                     start_step=progress.step,
                     input_context=context,
-                    log=self.log if self.chief else None,
+                    log=self.log,
                 )
 
         train_batches = iter(strategy.distribute_datasets_from_function(training_input))
