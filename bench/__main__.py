@@ -15,6 +15,7 @@ BENCHMARKS = {
     "input": "bench.input",
     "feed": "bench.feed",
     "accuracy": "bench.accuracy",
+    "loop": "bench.loop",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import SMALL
+from conftest import SMALL, generate_args, run_command
 
 from pipeline import generator
 from pipeline.cli import UsageError
@@ -89,19 +90,76 @@ def test_validation_paths_come_in_stored_order_and_draw_exactly_the_stored_video
     np.testing.assert_array_equal(drawn, np.concatenate([video for video, _ in videos]))
     full_batches = input_pipeline.evaluation_dataset(builder, "validation", config, full_batches_only=True, paths=True)
     assert [len(labels) for _, labels in full_batches] == [100] * (SMALL["num_validation"] // 100)
-    # Its length is known: Keras miscounts metrics over a dataset of unknown length.
-    assert int(full_batches.cardinality()) == SMALL["num_validation"] // 100
+
+
+def training(builder, start_step=0, steps_per_epoch=8, epochs=3, input_context=None, **overrides):
+    config = small_config(deterministic=True, **overrides)
+    return input_pipeline.training_dataset(builder, config, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                                           start_step=start_step, input_context=input_context)  # fmt: skip
+
+
+def paths_of(dataset, batches: int) -> list[bytes]:
+    return [path.tobytes() for batch, _ in dataset.take(batches).as_numpy_iterator() for path in batch]
 
 
 def test_training_batches_have_the_global_batch_size_and_never_end(builder):
-    dataset = input_pipeline.training_dataset(builder, small_config(batch_size=48))
+    dataset = training(builder, batch_size=48, steps_per_epoch=30, epochs=1)
     assert dataset.element_spec[0].shape.as_list() == [48, 8, 2]  # static: drop_remainder
-    # 30 batches of 48 run past the 1,024 training examples: the stream repeats.
-    batches = list(dataset.take(30))
-    assert len(batches) == 30 and all(path.dtype == tf.uint8 for path, _ in batches)
+    # 30 batches of 48 run past the 1,024 training examples: an epoch takes passes until its steps are done.
+    batches = list(dataset.take(31))
+    assert len(batches) == 31 and all(path.dtype == tf.uint8 for path, _ in batches)
     # Every path is one of the split's (the pixel each frame lights), none made up.
     stored = {path.tobytes() for path in generator.generate(SMALL["seed"], "train", 0, 1024, SMALL["size"])["path"]}
     assert all(path.tobytes() in stored for batch, _ in batches for path in batch.numpy())
+
+
+def test_a_stream_started_at_any_step_is_the_rest_of_the_stream_started_at_zero(builder):
+    whole = paths_of(training(builder), 24)
+    for start_step in (1, 8, 13, 23):
+        assert paths_of(training(builder, start_step=start_step), 24 - start_step) == whole[start_step * 16 :]
+
+
+def test_each_epoch_has_its_own_order_drawn_from_the_seed_and_the_epoch_alone(builder):
+    epochs = [paths_of(training(builder, start_step=8 * epoch), 8) for epoch in range(3)]
+    assert len({tuple(epoch) for epoch in epochs}) == 3
+    # Epoch 2 is the same whether a run has 3 epochs or 10, and another seed changes it.
+    assert paths_of(training(builder, start_step=16, epochs=10), 8) == epochs[2]
+    assert paths_of(training(builder, start_step=16, seed=1), 8) != epochs[2]
+    # Within an epoch no example comes twice before the split has been read once (8 x 16 < 1,024); at size 8
+    # different examples can share a path, so count each path against the split's.
+    stored = collections.Counter(
+        path.tobytes() for path in generator.generate(SMALL["seed"], "train", 0, 1024, SMALL["size"])["path"]
+    )
+    assert all(count <= stored[path] for path, count in collections.Counter(epochs[0]).items())
+
+
+FOUR_SHARDS = {**SMALL, "size": 16, "num_train": 256, "num_validation": 64, "num_test": 64}
+
+
+@pytest.fixture(scope="module")
+def four_shards(tmp_path_factory):
+    """256 training examples in 4 shard files; size 16, where no two examples share a path."""
+    data_dir = tmp_path_factory.mktemp("four_shards")
+    run_command(*generate_args(data_dir, FOUR_SHARDS, extra=["--num_shards=4"]), check=True)
+    return input_pipeline.load_builder(str(data_dir), FOUR_SHARDS["size"])
+
+
+def test_input_pipelines_read_their_own_shard_files_when_there_is_one_for_each(four_shards):
+    info = four_shards.info.splits["train"]
+    assert info.num_shards == 4
+    paths = generator.generate(SMALL["seed"], "train", 0, info.num_examples, FOUR_SHARDS["size"])["path"]
+    edges = np.cumsum([0, *info.shard_lengths])
+    shard_of = {
+        path.tobytes(): int(np.searchsorted(edges, index, side="right")) - 1 for index, path in enumerate(paths)
+    }
+    assert len(shard_of) == len(paths)
+    shares = []
+    for pipeline in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2)
+        # Half a pass each (8 per-replica batches of 8 = 64 of the pipeline's 128): files of the first pass only.
+        dataset = training(four_shards, size=16, batch_size=16, input_context=context, steps_per_epoch=8, epochs=1)
+        shares.append({shard_of[path] for path in paths_of(dataset, 8)})
+    assert len(shares[0]) == len(shares[1]) == 2 and not shares[0] & shares[1], shares
 
 
 def test_a_dataset_without_the_path_feature_is_refused_with_what_to_do(small_data_dir, tmp_path):
@@ -123,23 +181,18 @@ def builder_version():
 
 
 def first_labels(builder, **overrides):
-    dataset = input_pipeline.training_dataset(builder, small_config(batch_size=64, **overrides))
-    return np.concatenate([labels for _, labels in dataset.take(4)])
+    return np.concatenate([labels for _, labels in training(builder, batch_size=64, **overrides).take(4)])
 
 
 def test_the_deterministic_option_gives_the_same_order_every_time(builder):
-    first = input_pipeline.training_dataset(builder, small_config(deterministic=True, seed=7))
-    second = input_pipeline.training_dataset(builder, small_config(deterministic=True, seed=7))
-    for (path_a, label_a), (path_b, label_b) in zip(first.take(5), second.take(5), strict=True):
-        np.testing.assert_array_equal(path_a, path_b)
-        np.testing.assert_array_equal(label_a, label_b)
+    assert paths_of(training(builder, seed=7), 5) == paths_of(training(builder, seed=7), 5)
 
 
 def test_training_order_is_shuffled_and_the_seed_changes_it(builder):
     stored = generator.generate(SMALL["seed"], "train", 0, 256, SMALL["size"])["label"].astype(np.float32)
-    shuffled = first_labels(builder, deterministic=True, seed=1)
+    shuffled = first_labels(builder, seed=1)
     assert not np.array_equal(shuffled, stored)
-    assert not np.array_equal(shuffled, first_labels(builder, deterministic=True, seed=2))
+    assert not np.array_equal(shuffled, first_labels(builder, seed=2))
     assert 0.3 < shuffled.mean() < 0.7  # both classes mixed in, not runs of one
 
 

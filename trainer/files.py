@@ -17,8 +17,9 @@ import shutil
 import tensorflow as tf
 
 from pipeline import cli
+from trainer import outputs
 
-PARTIAL = ".partial"
+PARTIAL = outputs.PARTIAL
 
 
 def write_atomically(path: str, content: str | bytes) -> str:

@@ -152,12 +152,18 @@ def training_dataset(
             order = order[pipeline_id::pipelines]
         return tf.data.Dataset.from_tensor_slices((tf.gather(paths, order), tf.gather(lengths, order)))
 
-    def epoch_batches(epoch):
-        files = tf.data.Dataset.counter().flat_map(lambda number: pass_files(epoch, number))
-        records = interleave_shards(files, config["interleave_cycle_length"], deterministic, skip_corrupt)
+    def pass_records(epoch, number):
+        """One pass over this pipeline's share of the split, shuffled: a permutation of it when the shuffle
+        window holds the whole share, else shuffled within consecutive windows of that many records."""
+        records = interleave_shards(pass_files(epoch, number), config["interleave_cycle_length"], deterministic,
+                                    skip_corrupt)  # fmt: skip
         if pipelines > 1 and not own_files:
             records = records.shard(pipelines, pipeline_id)
-        records = window_shuffle(records, config["shuffle_buffer"], epoch_seed(config["seed"], epoch))
+        return window_shuffle(records, config["shuffle_buffer"], fold_in(epoch_seed(config["seed"], epoch), number))
+
+    def epoch_batches(epoch):
+        # Pass after pass, each read whole before the next begins.
+        records = tf.data.Dataset.counter().flat_map(lambda number: pass_records(epoch, number))
         return records.batch(batch_size, drop_remainder=True).take(steps_per_epoch * batches_per_step)
 
     first_epoch, steps_done = divmod(start_step, steps_per_epoch)
@@ -180,8 +186,9 @@ def fold_in(seed: tf.Tensor, number) -> tf.Tensor:
 
 def window_shuffle(records: tf.data.Dataset, window: int, seed: tf.Tensor) -> tf.data.Dataset:
     """Records shuffled within consecutive windows of `window`, each by a permutation drawn from (seed, window's
-    number): as random as a shuffle buffer of that size, but a pure function of the seed (tf.data's shuffle
-    draws each epoch's seed from a generator that only replaying every earlier epoch reproduces)."""
+    number): each record moves within its window, about as far as a shuffle buffer of that size moves it, and
+    the order is a pure function of the seed (tf.data's shuffle draws each epoch's seed from a generator that
+    only replaying every earlier epoch reproduces)."""
 
     def permute(number, window_records):
         order = tf.random.experimental.stateless_shuffle(

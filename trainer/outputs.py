@@ -17,6 +17,9 @@ from trainer import config as config_lib
 
 STATE_FOLDER = "state"  # trainer.checkpoints keeps its checkpoints under CHECKPOINTS/state
 MANIFEST = "manifest.json"
+PARTIAL = ".partial"  # trainer.files' temporary names
+# What a run writes into MODEL_DIR before its first checkpoint (and config.yaml) exists.
+STARTED_RUN = {"checkpoints", "logs"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +106,9 @@ def check_model_dir(paths: Paths, config: dict) -> str:
     if not files.exists(paths.model_dir) or not files.listdir(paths.model_dir):
         return "new"
     if not files.exists(paths.config):
+        left = [name.rstrip("/") for name in files.listdir(paths.model_dir)]
+        if all(name in STARTED_RUN or PARTIAL in name for name in left) and not has_checkpoint(paths):
+            return "new"  # a run stopped before its first checkpoint left these: they bind nothing
         raise cli.UsageError(
             f"--model_dir {paths.model_dir} is not empty and holds no trainer run (no config.yaml); "
             "give an empty or new folder"

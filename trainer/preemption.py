@@ -33,6 +33,10 @@ GRACE_SECONDS = 8.0
 SUPERVISOR_GRACE_SECONDS = GRACE_SECONDS + 1.5
 READY_FD_VARIABLE = "MOVING_LINE_TRAINER_READY_FD"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Whether this process is the training child of supervise() (read at start: the variable is then removed).
+SUPERVISED = READY_FD_VARIABLE in os.environ
+# How long the chief waits for the other workers to be gone before it exits.
+LEAVE_SECONDS = 10.0
 
 
 class StopRequest:
@@ -89,7 +93,24 @@ class StopRequest:
 
 def supervised() -> bool:
     """Whether this process is the training child of supervise()."""
-    return READY_FD_VARIABLE in os.environ
+    return SUPERVISED
+
+
+def leave_cluster(chief: bool, peer_addresses, exit_code: int):
+    """Ends a worker's process, the chief last.
+
+    The chief hosts TensorFlow's coordination service: a worker still running when it is gone logs errors
+    about it after its own last line. So the others exit at once, and the chief waits (at most LEAVE_SECONDS)
+    until no other worker answers before it exits. os._exit skips TensorFlow's own shutdown, which waits for
+    every worker to reach it and so can hang once one has ended another way.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if chief:
+        deadline = time.monotonic() + LEAVE_SECONDS
+        while time.monotonic() < deadline and any(_listening(address) for address in peer_addresses):
+            time.sleep(0.1)
+    os._exit(exit_code)
 
 
 def tell_supervisor_ready():

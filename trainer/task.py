@@ -193,5 +193,18 @@ def finish(config: dict, paths: outputs.Paths, builder, trained):
         log(f"{name}: {where}")
 
 
+def run() -> int:
+    """The command: main's one-line errors and exit codes; a worker of a cluster then leaves it in order."""
+    try:
+        code = cli.run_main(PROG, main)
+    except SystemExit as exit:
+        code = exit.code
+    code = code or 0
+    if preemption.supervised():
+        cluster = distribution.read_tf_config(os.environ.get("TF_CONFIG"))
+        preemption.leave_cluster(cluster.is_chief, cluster.peers().values(), code)
+    return code
+
+
 if __name__ == "__main__":
-    raise SystemExit(cli.run_main(PROG, main))
+    raise SystemExit(run())

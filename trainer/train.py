@@ -205,6 +205,13 @@ class Loop:
             raise error if error is not None else corrupt_data.PeerReadError()
         return (batch, None) if not agreed.any() else (None, agreed)
 
+    def take_step(self, iterator) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """One train step on the next batch: (loss sum, correct, examples), or (None, why every worker stops)."""
+        batch, agreed = self.next_batch(iterator)
+        if batch is None:
+            return None, agreed
+        return self.train_step(batch).numpy().astype(np.float64), None
+
     def stop_signal(self, agreed) -> int:
         return 15 if agreed[STOP_SIGTERM] else 2
 
@@ -250,11 +257,10 @@ class Loop:
                 epoch_end = (epoch + 1) * plan.steps_per_epoch
                 epoch_start_time, steps_run, interval = time.monotonic(), 0, (time.monotonic(), step)
                 while step < epoch_end:
-                    batch, agreed = self.next_batch(train_batches)
-                    if batch is None:
+                    step_sums, agreed = self.take_step(train_batches)
+                    if step_sums is None:
                         display.clear()
                         return self.save_stopped(step, epoch, epoch_sums, agreed, "training")
-                    step_sums = self.train_step(batch).numpy().astype(np.float64)
                     if first_new_step:
                         first_new_step = False
                         self.log(

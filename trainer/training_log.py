@@ -70,19 +70,25 @@ class Scalars:
     """TensorBoard scalars: train/ per step and per epoch, validation/ per epoch (Keras's names)."""
 
     def __init__(self, logs: str):
-        self.writers = {name: tf.summary.create_file_writer(f"{logs}/{name}") for name in ("train", "validation")}
+        self.logs, self.writers = logs, {}
+
+    def writer(self, name: str):
+        # Created on first use: a run that never gets that far leaves no log folder behind.
+        if name not in self.writers:
+            self.writers[name] = tf.summary.create_file_writer(f"{self.logs}/{name}")
+        return self.writers[name]
 
     def step(self, step: int, metrics: dict[str, float]):
-        with self.writers["train"].as_default(step=step):
+        with self.writer("train").as_default(step=step):
             for name, value in metrics.items():
                 tf.summary.scalar(f"batch_{name}", value)
 
     def epoch(self, epoch: int, train: dict[str, float], validation: dict[str, float]):
         for name, metrics in (("train", train), ("validation", validation)):
-            with self.writers[name].as_default(step=epoch):
+            with self.writer(name).as_default(step=epoch):
                 for metric, value in metrics.items():
                     tf.summary.scalar(f"epoch_{metric}", value)
-            self.writers[name].flush()
+            self.writer(name).flush()
 
     def close(self):
         for writer in self.writers.values():

@@ -1,0 +1,252 @@
+"""Exact resume, preemption and checkpoints that cannot lie, on one device, a mirror and two workers.
+
+Every run here trains the same deterministic config; a run stopped anywhere (SIGKILL mid-step,
+mid-validation, mid-checkpoint-write; SIGTERM; a full disk) and started again with the same command
+must end with the weights (and the history) of a run never stopped. Faults are injected at exact
+points by tests/fault_injection (a sitecustomize module on PYTHONPATH), or sent from outside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+FAULTS = os.path.join(REPO, "tests", "fault_injection")
+# 3 epochs of 20 steps, a checkpoint every 5 steps (and each epoch), 2 validation steps: checkpoints at
+# steps 5, 10, 15, 20 (epoch 1), 25, ...
+CONFIG = ["--config", "configs/smoke.yaml", "--set", "deterministic=true", "--set", "epochs=3", "--set",
+          "steps_per_epoch=20", "--set", "checkpoint_every_steps=5", "--set", "test_after_training=false"]  # fmt: skip
+SETTINGS = {
+    "one_device": [],
+    "mirror": ["--set", "logical_cpu_devices=2", "--set", "devices=[/cpu:0, /cpu:1]"],
+    "two_workers": [],
+}
+# Where a run is killed (tests/fault_injection/sitecustomize.py), and the step its rerun resumes at: mid-epoch
+# after the checkpoint of step 10; in the validation of epoch 2 (whose own checkpoint comes after it); while
+# the checkpoint of step 15 is being written.
+KILL_POINTS = {"train_step:12": 10, "validation_step:3": 35, "checkpoint_write:3": 10}
+STOP_SECONDS = 10
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(setting: str, model_dir, data_dir, *extra, fault: str | None = None, fault_worker: int = 0, env=None):
+    """The trainer in the background: one process, or two workers with TF_CONFIG on localhost; their logs."""
+    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    command = [sys.executable, "-m", "trainer.task", *CONFIG, *SETTINGS[setting], *extra,
+               "--data_dir", str(data_dir), "--model_dir", str(model_dir)]  # fmt: skip
+    workers = 2 if setting == "two_workers" else 1
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
+    processes = []
+    for index in range(workers):
+        process_env = dict(base)
+        if workers > 1:
+            cluster = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+            process_env["TF_CONFIG"] = json.dumps(cluster)
+        if fault and index == fault_worker:
+            process_env.update(PYTHONPATH=FAULTS, FAULT_AT=fault)
+        log = open(f"{model_dir}.worker{index}.log", "w")  # noqa: SIM115 - closed by finish()
+        processes.append((subprocess.Popen(command, cwd=REPO, env=process_env, stdout=log, stderr=log), log))
+    return processes
+
+
+def finish(processes, timeout: float = 300) -> list[tuple[int, str]]:
+    """Waits for every process (the others are killed once one of them was killed); (exit code, log) each."""
+    deadline = time.monotonic() + timeout
+    try:
+        while any(process.poll() is None for process, _ in processes) and time.monotonic() < deadline:
+            if any(process.poll() == -signal.SIGKILL or process.poll() == 137 for process, _ in processes):
+                # One worker was killed: the job is lost; end the other rather than wait for it to notice.
+                for process, _ in processes:
+                    if process.poll() is None:
+                        process.kill()
+            time.sleep(0.1)
+    finally:
+        for process, log in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            log.close()
+    return [(process.returncode, Path(log.name).read_text()) for process, log in processes]
+
+
+def train(setting, model_dir, data_dir, *extra, **kwargs) -> list[tuple[int, str]]:
+    return finish(start(setting, model_dir, data_dir, *extra, **kwargs))
+
+
+def fingerprint(log: str) -> str:
+    found = re.findall(r"final weights fingerprint (\w+)", log)
+    assert found, log[-3000:]
+    return found[-1]
+
+
+def chief_log(results) -> str:
+    return results[0][1]
+
+
+@pytest.fixture(scope="module", params=list(SETTINGS))
+def reference(request, small_data_dir, tmp_path_factory):
+    """Two uninterrupted runs of the setting: their fingerprints and histories."""
+    root = tmp_path_factory.mktemp(request.param)
+    runs = []
+    for name in ("first", "second"):
+        results = train(request.param, root / name, small_data_dir)
+        assert [code for code, _ in results] == [0] * len(results), results[0][1][-3000:]
+        runs.append({"fingerprint": fingerprint(chief_log(results)),
+                     "history": (root / name / "history.csv").read_text()})  # fmt: skip
+    return {"setting": request.param, "runs": runs, "root": root, "data": small_data_dir}
+
+
+def test_two_uninterrupted_runs_end_with_identical_weights(reference):
+    first, second = reference["runs"]
+    assert first["fingerprint"] == second["fingerprint"]
+    assert first["history"] == second["history"] and len(first["history"].splitlines()) == 4
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_run_killed_anywhere_and_run_again_ends_as_if_never_stopped(reference, point):
+    setting, model_dir = reference["setting"], reference["root"] / point.replace(":", "_")
+    # Two workers: the chief dies mid-validation or mid-write, the other worker mid-step.
+    worker = 1 if setting == "two_workers" and point.startswith("train_step") else 0
+    killed = train(setting, model_dir, reference["data"], fault=point, fault_worker=worker)
+    assert killed[worker][0] in (-signal.SIGKILL, 128 + signal.SIGKILL), killed[worker][1][-3000:]
+    assert not (model_dir / "export").exists()
+
+    resumed = train(setting, model_dir, reference["data"])
+    assert [code for code, _ in resumed] == [0] * len(resumed), chief_log(resumed)[-3000:]
+    assert f"resuming at step {KILL_POINTS[point]} of 60" in chief_log(resumed), chief_log(resumed)[-3000:]
+    assert fingerprint(chief_log(resumed)) == reference["runs"][0]["fingerprint"]
+    assert (model_dir / "history.csv").read_text() == reference["runs"][0]["history"]
+    for _, log in resumed:
+        assert fingerprint(log) == reference["runs"][0]["fingerprint"]  # every worker
+
+
+def test_sigterm_stops_within_seconds_with_one_line_and_the_rerun_ends_as_if_never_stopped(reference):
+    setting, model_dir = reference["setting"], reference["root"] / "sigterm"
+    processes = start(setting, model_dir, reference["data"])
+    target = processes[-1][0]  # with two workers, only the second is told to stop: both must
+    deadline = time.monotonic() + 240
+    log = Path(f"{model_dir}.worker{len(processes) - 1}.log")
+    while "first step of this run" not in log.read_text():
+        assert time.monotonic() < deadline and target.poll() is None, "the run ended before its first step"
+        time.sleep(0.05)
+    target.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    stopped = finish(processes, timeout=60)
+    seconds = time.monotonic() - sent
+    assert seconds < STOP_SECONDS, f"stopped {seconds:.1f} s after SIGTERM"
+    for code, log in stopped:
+        assert code == 128 + signal.SIGTERM, log[-3000:]
+        lines = log.strip().splitlines()
+        assert "Traceback" not in log and lines[-1].startswith("trainer.task: error: stopped by SIGTERM at step ")
+        assert "run the same command again to resume" in lines[-1]
+    steps = {re.search(r"stopped by SIGTERM at step (\d+)", log).group(1) for _, log in stopped}
+    assert len(steps) == 1, steps  # every worker stopped at the same step
+
+    resumed = train(setting, model_dir, reference["data"])
+    assert [code for code, _ in resumed] == [0] * len(resumed), chief_log(resumed)[-3000:]
+    assert f"resuming at step {steps.pop()} of 60" in chief_log(resumed)
+    assert fingerprint(chief_log(resumed)) == reference["runs"][0]["fingerprint"]
+    assert (model_dir / "history.csv").read_text() == reference["runs"][0]["history"]
+
+
+# One device only: what the checkpoints themselves promise (the format is the same in every setting).
+
+
+@pytest.fixture(scope="module")
+def one_device(small_data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("one_device_faults")
+    results = train("one_device", root / "reference", small_data_dir)
+    assert results[0][0] == 0, results[0][1][-3000:]
+    return {"root": root, "data": small_data_dir, "fingerprint": fingerprint(results[0][1])}
+
+
+def checkpoint_data(model_dir, step: int):
+    return model_dir / "checkpoints" / "state" / f"step_{step:09d}" / "ckpt.data-00000-of-00001"
+
+
+def test_damaged_checkpoints_are_reported_in_one_line_each_and_the_last_good_one_is_used(one_device):
+    model_dir = one_device["root"] / "damaged"
+    killed = train("one_device", model_dir, one_device["data"], fault="train_step:17")
+    assert killed[0][0] == -signal.SIGKILL
+    flipped, truncated = checkpoint_data(model_dir, 15), checkpoint_data(model_dir, 10)
+    content = bytearray(flipped.read_bytes())
+    middle = len(content) // 2
+    content[middle : middle + 4096] = bytes(byte ^ 0xFF for byte in content[middle : middle + 4096])
+    flipped.write_bytes(bytes(content))
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 3])
+
+    resumed = train("one_device", model_dir, one_device["data"])
+    code, log = resumed[0]
+    assert code == 0 and "Traceback" not in log, log[-3000:]
+    for step in (15, 10):
+        assert re.search(rf"checkpoint \S+step_{step:09d} is not usable: ckpt\.data-00000-of-00001 does not match "
+                         r"its checksum \(damaged\); trying the one before it", log), log[-3000:]  # fmt: skip
+    assert "resuming at step 5 of 60" in log
+    assert fingerprint(log) == one_device["fingerprint"]
+
+
+def test_a_checkpoint_of_another_config_is_refused_in_one_line(one_device):
+    model_dir = one_device["root"] / "first_config"
+    train("one_device", model_dir, one_device["data"], fault="train_step:12")
+    other = one_device["root"] / "other_config"
+    env = {"AIP_CHECKPOINT_DIR": str(model_dir / "checkpoints")}
+    code, log = train("one_device", other, one_device["data"], "--set", "learning_rate=0.02", env=env)[0]
+    assert code == 2 and "Traceback" not in log, log[-3000:]
+    line = log.strip().splitlines()[-1]
+    assert line.startswith("trainer.task: error: the checkpoint ") and "another config" in line, line
+    assert "learning_rate: 0.01 -> 0.02" in line
+    assert not other.exists() or not list(other.iterdir())
+
+
+def test_a_run_stopped_before_its_first_checkpoint_does_not_hold_its_model_dir(one_device):
+    model_dir = one_device["root"] / "no_checkpoint"
+    killed = train("one_device", model_dir, one_device["data"], fault="train_step:2")
+    assert killed[0][0] == -signal.SIGKILL
+    assert not (model_dir / "config.yaml").exists()
+    code, log = train("one_device", model_dir, one_device["data"], "--set", "learning_rate=0.02")[0]
+    assert code == 0, log[-3000:]
+    assert "new run in" in log
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder = tmp_path / "small_disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)]).returncode != 0:
+        pytest.skip("could not mount a tmpfs here")
+    yield folder
+    subprocess.run(["umount", str(folder)])
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_freed(one_device, small_disk):
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (1_600 * 1024))  # about 400 kB left: a few checkpoints, not the whole run
+    model_dir = small_disk / "model"
+    code, log = train("one_device", model_dir, one_device["data"])[0]
+    assert code == 1 and "Traceback" not in log, log[-3000:]
+    line = log.strip().splitlines()[-1]
+    assert line.startswith("trainer.task: error: no space left on the device writing ") and "free some space" in line
+    ballast.unlink()
+    code, log = train("one_device", model_dir, one_device["data"])[0]
+    assert code == 0, log[-3000:]
+    assert fingerprint(log) == one_device["fingerprint"]
+    assert not [path for path in model_dir.rglob("*") if ".partial" in path.name]
