@@ -25,6 +25,7 @@ PARTIAL = outputs.PARTIAL
 def write_atomically(path: str, content: str | bytes) -> str:
     partial = path + PARTIAL
     mode = "wb" if isinstance(content, bytes) else "w"
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     try:
         with tf.io.gfile.GFile(partial, mode) as file:
             file.write(content)

@@ -147,6 +147,10 @@ def main(argv=None):
     if chief:
         files.remove_partials(paths.model_dir)
         files.remove_partials(paths.checkpoints)
+        if progress is None:
+            # A run stopped before its first checkpoint may have left an epoch's history: this run starts over.
+            for stale in (paths.history_csv, paths.history_json):
+                files.remove(stale)
     resume = "free some space and run the same command again to resume from the last checkpoint"
     with files.disk_full_is_a_fault(resume), corrupt_data.named_in_errors(builder, ("train", "validation"), SKIP_HINT):
         outcome = loop.run(progress or checkpoints.Progress())

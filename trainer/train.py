@@ -248,6 +248,9 @@ class Loop:
                 lambda context: input_pipeline.validation_dataset(self.builder, config, plan.validation_steps, context)
             )
         )
+        if self.chief:
+            # It binds the model_dir only once a checkpoint exists (trainer.outputs.check_model_dir).
+            files.write_atomically(self.paths.config, config_lib.dump(config))
         scalars = training_log.Scalars(self.paths.logs) if self.chief else None
         display = training_log.Progress("trainer.task", config["verbose"])
         step, epoch_sums = progress.step, np.array(progress.epoch_sums, np.float64)
@@ -385,10 +388,6 @@ class Loop:
             # One checkpoint for all, the chief's: every worker holds the same state at the same step.
             self.stop.resume_hint = f"the chief saves the checkpoint of step {progress.step}"
             return
-        if not tf.io.gfile.exists(self.paths.config):
-            # Written with the first checkpoint: a run that fails before one does not bind its model_dir.
-            tf.io.gfile.makedirs(self.paths.model_dir)
-            files.write_atomically(self.paths.config, config_lib.dump(self.config))
         folder = checkpoints.save(
             self.checkpoint, self.paths.checkpoints, progress, self.config, self.config["keep_checkpoints"]
         )
