@@ -68,12 +68,18 @@ def metrics_path(model_dir: str, split: str) -> str:
 
 
 def write_metrics(metrics: dict, path: str):
+    """Writes path whole or not at all (beside it first, then renamed), even when interrupted."""
     import tensorflow as tf
 
     partial = path + ".partial"
-    with tf.io.gfile.GFile(partial, "w") as file:
-        file.write(json.dumps(metrics, indent=2) + "\n")
-    tf.io.gfile.rename(partial, path, overwrite=True)
+    try:
+        with tf.io.gfile.GFile(partial, "w") as file:
+            file.write(json.dumps(metrics, indent=2) + "\n")
+        tf.io.gfile.rename(partial, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(partial):
+            tf.io.gfile.remove(partial)
+        raise
 
 
 def load_saved_model(model_dir: str):
@@ -82,7 +88,23 @@ def load_saved_model(model_dir: str):
 
     for folder in (os.path.join(model_dir, "export"), model_dir):
         if tf.io.gfile.exists(os.path.join(folder, "saved_model.pb")):
-            return folder, tf.saved_model.load(folder).signatures["serving_default"]
+            try:
+                loaded = tf.saved_model.load(folder)
+            except Exception as error:  # a damaged file fails in many ways: protobuf, checkpoint reader, I/O
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                raise cli.FaultError(
+                    f"cannot load the SavedModel in {folder} ({first_line}); it is damaged or incomplete: "
+                    "restore it from a copy, or train and export again into a new --model_dir"
+                ) from None
+            signature = loaded.signatures.get("serving_default")
+            inputs = signature.structured_input_signature[1] if signature is not None else {}
+            spec = inputs.get("video")
+            if spec is None or spec.shape.rank != 5 or spec.shape[2] is None:
+                raise cli.UsageError(
+                    f"the SavedModel in {folder} has no serving_default signature taking `video` "
+                    "[batch, frames, S, S, 1]; give the export of a trainer.task run"
+                )
+            return folder, signature
     raise cli.UsageError(
         f"no SavedModel in {model_dir} or {model_dir}/export; train one first with "
         "`python -m trainer.task --config configs/default.yaml --data_dir DIR --model_dir DIR`"
