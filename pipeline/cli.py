@@ -124,6 +124,10 @@ def quiet_tensorflow():
     level and by what is known to be chatter, and the rest printed. Real warnings and errors still show.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Beam's local runners log their workers' start-up and shutdown through the launching process's loggers:
+    # INFO lines, and a warning from each worker about a missing semi-persistent folder. Errors still show.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(existing, _DropLibraryNotices) for existing in absl_logger.filters):
         absl_logger.addFilter(_DropLibraryNotices())
@@ -137,26 +141,36 @@ class _DropLibraryNotices(logging.Filter):
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` once, for a loader that imports it (and finds its devices) with stderr caught."""
+    """Finds `tensorflow` for a loader that imports it (and finds its devices) with stderr caught.
+
+    Stays in sys.meta_path until TensorFlow is imported: libraries ask for its spec to see whether it
+    is installed (TFDS does) before they import it.
+    """
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or name in sys.modules:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        sys.meta_path.remove(self)  # the real spec, from the finders after this one
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
         if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
+            spec.loader = _QuietLoader(spec.loader, self)
         return spec
 
 
 class _QuietLoader(importlib.abc.Loader):
-    def __init__(self, loader):
+    def __init__(self, loader, finder):
         self.loader = loader
+        self.finder = finder
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
         module.__loader__ = module.__spec__.loader = self.loader  # the real loader from here on
         with start_up_lines_filtered():
             self.loader.exec_module(module)
