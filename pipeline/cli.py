@@ -21,6 +21,7 @@ import tempfile
 
 USAGE_ERROR_EXIT = 2
 FAULT_EXIT = 1
+NO_SPACE = "No space left on device"
 
 
 def interrupted_exit(signal_number: int) -> int:
@@ -78,6 +79,12 @@ def run_main(prog: str, main, argv=None):
         if error.errno != errno.ENOSPC:
             raise
         where = f" writing {error.filename}" if error.filename else ""
+        fail(prog, f"no space left on the device{where}; free some space and run the same command again", FAULT_EXIT)
+    except Exception as error:
+        # tf.io.gfile reports a full disk as ResourceExhaustedError("PATH; No space left on device").
+        if type(error).__name__ != "ResourceExhaustedError" or NO_SPACE not in str(error):
+            raise
+        where = f" writing {str(error).split(';')[0]}" if ";" in str(error) else ""
         fail(prog, f"no space left on the device{where}; free some space and run the same command again", FAULT_EXIT)
     except KeyboardInterrupt:
         fail(prog, "interrupted by SIGINT; run the same command again", interrupted_exit(signal.SIGINT))

@@ -129,11 +129,12 @@ def text_width(draw, text: str, font) -> int:
 
 
 def save_whole(image, out: str, **options):
-    """Saves image at out; on any failure (a full disk, a signal) removes what was written."""
+    """Saves image at out (a new file); on any failure (a full disk, a signal) removes what was written."""
+    existed = os.path.lexists(out)
     try:
         image.save(out, **options)
     except BaseException:
-        if os.path.exists(out):
+        if not existed and os.path.lexists(out):
             os.remove(out)
         raise
 

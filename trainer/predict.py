@@ -123,8 +123,8 @@ class InputVideos:
             raise cli.UsageError(f"--input {self.path} is damaged ({error}); write it again") from None
 
 
-def read_videos(path: str, size: int) -> InputVideos:
-    """The --input file, checked against the model's size: shape, pixel type, pixel values and labels."""
+def read_videos(path: str) -> InputVideos:
+    """The --input file, checked before TensorFlow starts: format, shape, pixel type, pixel values and labels."""
     with open(path, "rb") as file:
         start = file.read(len(NPY_MAGIC))
     if start.startswith(ZIP_MAGICS):
@@ -136,7 +136,7 @@ def read_videos(path: str, size: int) -> InputVideos:
         check_length(path, header, os.path.getsize(path))
     else:
         raise cli.UsageError(f"--input {path}: not a .npy or .npz file (np.save or np.savez writes them)")
-    check_videos(videos, size)
+    check_videos(videos)
     return videos
 
 
@@ -165,7 +165,7 @@ def read_npz(path: str) -> InputVideos:
     except cli.UsageError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
-        raise cli.UsageError(f"--input {path}: not a readable .npz file ({error})") from None
+        raise cli.UsageError(f"--input {path} is damaged or not an .npz file ({error}); write it again") from None
     if header.fortran_order:
         raise cli.UsageError(
             f"--input {path}: 'video' is stored in Fortran order; save np.ascontiguousarray(videos) instead"
@@ -190,18 +190,18 @@ def check_numbers(path: str, header: Header, name: str):
         raise cli.UsageError(f"--input {path}: {name} holds {kind}; {wanted}")
 
 
-def check_videos(videos: InputVideos, size: int):
+def check_videos(videos: InputVideos):
     """Fills in videos.count and checks shape, pixels (read BATCH at a time) and labels."""
     import numpy as np
 
     path, header = videos.path, videos.header
     check_numbers(path, header, "'video'" if videos.member else "the array")
-    wanted = (size, size, size, 1)
-    if header.shape == wanted:  # one video
-        header.shape = (1, *wanted)
-    if len(header.shape) != 5 or header.shape[1:] != wanted:
+    if len(header.shape) == 4:  # one video
+        header.shape = (1, *header.shape)
+    frames, rows, columns, channels = header.shape[1:] if len(header.shape) == 5 else (None,) * 4
+    if not (frames == rows == columns and channels == 1):
         raise cli.UsageError(
-            f"--input {path}: videos of shape {list(header.shape)}; this model takes [N, {size}, {size}, {size}, 1]"
+            f"--input {path}: videos of shape {list(header.shape)}; give [N, S, S, S, 1] (S frames of S x S pixels)"
         )
     videos.count = header.shape[0]
     if videos.count == 0:
@@ -212,6 +212,14 @@ def check_videos(videos: InputVideos, size: int):
             raise cli.UsageError(f"--input {path}: pixels must be 0 or 1 (uint8); video {first} holds other values")
     if videos.labels is not None:
         videos.labels = checked_labels(path, videos.labels, videos.count)
+
+
+def check_size(videos: InputVideos, size: int):
+    if videos.header.shape[1] != size:
+        raise cli.UsageError(
+            f"--input {videos.path}: videos of shape {list(videos.header.shape)}; "
+            f"this model takes [N, {size}, {size}, {size}, 1]"
+        )
 
 
 def checked_labels(path: str, labels, count: int):
@@ -252,13 +260,14 @@ def input_batches(videos: InputVideos):
 
 def main(argv=None):
     args = parse_args(argv)
+    videos = read_videos(args.input) if args.input else None
     cli.quiet_tensorflow()
     from trainer import evaluate
 
     export_dir, signature = evaluate.load_saved_model(args.model)
     size = evaluate.signature_size(signature)
-    if args.input:
-        videos = read_videos(args.input, size)
+    if videos:
+        check_size(videos, size)
         batches = input_batches(videos)
         cli.log(PROG, f"{sequences(videos.count)} from {args.input}")
     else:
