@@ -213,6 +213,8 @@ BAD_INPUTS = [
     ("trainer.predict", ["--input={root}/empty.npy"], "holds no videos"),
     ("trainer.predict", ["--input={root}/float.npy", "--seed=3"], "--seed only applies to generated sequences"),
     ("trainer.predict", ["--count=0"], "--count: expected a number >= 1"),
+    ("trainer.predict", [f"--count={10**20}"], "--count: expected at most 1,000,000,000,000"),
+    ("trainer.evaluate", [f"--batch_size={10**20}"], "--batch_size: expected at most 65,536"),
     ("trainer.predict", ["--model={root}/missing"], "no SavedModel in {root}/missing"),
     # Configs: files that are not YAML text, keys given twice, values out of range, sizes the model cannot take.
     ("trainer.task", ["--config={root}/garbage.yaml"], "--config {root}/garbage.yaml is not UTF-8 text"),
@@ -666,3 +668,46 @@ def test_run_default_refuses_a_work_folder_holding_other_files(tmp_path):
         "give a new or empty folder (make run WORK=...)"
     ]
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+# trainer.predict in a process that reports its peak memory (kB) on its last stderr line.
+PREDICT_REPORTING_PEAK_MEMORY = """
+import resource, sys
+from pipeline import cli
+from trainer import predict
+code = cli.run_main(predict.PROG, predict.main, sys.argv[1:])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_predict_goes_batch_by_batch_in_flat_memory_with_labels_kept_with_their_videos(work, tmp_path):
+    from trainer import predict
+
+    peaks = {}
+    for count in (predict.BATCH, 100_000):
+        result = run_command("-c", PREDICT_REPORTING_PEAK_MEMORY, f"--model={work['model']}", f"--count={count}",
+                             "--seed=4", check=True)  # fmt: skip
+        lines = result.stdout.splitlines()
+        assert len(lines) == count
+        peaks[count] = int(result.stderr.strip().splitlines()[-1])
+    labels = generator.generate(4, "test", 0, 100_000, SMALL["size"])["label"]
+    assert [line.split(",")[0] for line in lines[-600:]] == [
+        f"Expected: {('Left', 'Right')[label]}" for label in labels[-600:]
+    ]
+    # Measured: 5 MB more for 100,000 than for 256; all at once (as before), 1 GB more.
+    assert peaks[100_000] - peaks[predict.BATCH] < 50_000, peaks
+
+    made = generator.generate(6, "test", 0, 2 * predict.BATCH + 7, SMALL["size"])
+    np.savez_compressed(tmp_path / "videos.npz", video=made["video"], label=made["label"])
+    np.save(tmp_path / "videos.npy", made["video"])
+    for name in ("videos.npz", "videos.npy"):
+        result = run_command("-m", "trainer.predict", f"--model={work['model']}", f"--input={tmp_path / name}",
+                             check=True)  # fmt: skip
+        lines = result.stdout.splitlines()
+        assert len(lines) == len(made["label"])
+        if name.endswith(".npz"):
+            assert [line.split(",")[0] for line in lines] == [
+                f"Expected: {('Left', 'Right')[label]}" for label in made["label"]
+            ]
+        assert f"[trainer.predict] {len(made['label'])} sequences from {tmp_path / name}" in result.stderr

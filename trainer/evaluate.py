@@ -8,6 +8,7 @@ writes them to MODEL_DIR/metrics.json (metrics_<split>.json for a split other th
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -117,12 +118,23 @@ def signature_size(signature) -> int:
     return int(spec.shape[2])
 
 
+# A batch of this many size-50 videos is already 8 GB.
+MAX_BATCH_SIZE = 65_536
+
+
+def batch_size(text: str) -> int:
+    value = cli.positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BATCH_SIZE:,}, got {value:,}")
+    return value
+
+
 def parse_args(argv=None):
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--model_dir", required=True, help="The trainer's --model_dir (holds export/).")
     parser.add_argument("--data_dir", required=True, help="TFDS data_dir holding moving_line/size_S.")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    parser.add_argument("--batch_size", type=cli.positive_int, default=256, help="Examples per prediction batch.")
+    parser.add_argument("--batch_size", type=batch_size, default=256, help="Examples per prediction batch.")
     parser.add_argument(
         "--skip_corrupt_records",
         action="store_true",

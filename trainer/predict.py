@@ -14,6 +14,7 @@ whatever --count or the size of --input.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import secrets
@@ -32,11 +33,21 @@ NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
 
 
+MAX_COUNT = 10**12  # sequences indexed from 0 stay far inside the generator's counter (and a lifetime)
+
+
+def count(text: str) -> int:
+    value = cli.positive_int(text)
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_COUNT:,}, got {value:,}")
+    return value
+
+
 def parse_args(argv=None):
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="A trainer --model_dir, or the SavedModel folder itself.")
     parser.add_argument("--input", help="A .npy or .npz file of uint8 videos (default: generate new ones).")
-    parser.add_argument("--count", type=cli.positive_int, default=5, help="Sequences to generate (no --input).")
+    parser.add_argument("--count", type=count, default=5, help="Sequences to generate (no --input).")
     parser.add_argument("--seed", type=cli.non_negative_int, default=None, help="Seed of generated sequences.")
     args = parser.parse_args(argv)
     if args.input and args.seed is not None:
@@ -44,7 +55,13 @@ def parse_args(argv=None):
     if args.seed is not None and args.seed >= 2**63:
         raise cli.UsageError(f"--seed must be below 2**63, got {args.seed}")
     if args.input is not None and not os.path.isfile(args.input):
-        what = "is a folder" if os.path.isdir(args.input) else "no such file"
+        what = (
+            "is a folder"
+            if os.path.isdir(args.input)
+            else "is not a regular file"
+            if os.path.exists(args.input)
+            else "no such file"
+        )
         raise cli.UsageError(f"--input {args.input}: {what}; give a .npy or .npz file")
     return args
 
