@@ -215,7 +215,7 @@ def lines_worth_showing(text: str, min_log_level: str) -> list[str]:
     no_driver = "Could not find cuda drivers on your machine" in text
     kept = []
     for line in text.splitlines():
-        if line == ABSL_BEFORE_INIT or CPU_FEATURE_ADVICE.match(line):
+        if line == ABSL_BEFORE_INIT or (minimum > 0 and CPU_FEATURE_ADVICE.match(line)):
             continue
         log_line = CPP_LOG_LINE.match(line)
         if log_line:

@@ -711,3 +711,30 @@ def test_predict_goes_batch_by_batch_in_flat_memory_with_labels_kept_with_their_
                 f"Expected: {('Left', 'Right')[label]}" for label in made["label"]
             ]
         assert f"[trainer.predict] {len(made['label'])} sequences from {tmp_path / name}" in result.stderr
+
+
+TENSORFLOW_LOADING = """WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1795612601.511359    6033 port.cc:153] oneDNN custom operations are on. You may see slightly different
+I0000 00:00:1795612601.511825    6033 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not
+I0000 00:00:1795612379.871199    4693 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use available CPU
+To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate
+/site-packages/somewhere.py:12: UserWarning: a real warning
+W0000 00:00:1795612601.600000    6033 loader.cc:10] a real C++ warning
+E0000 00:00:1795612604.524336    6033 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: UNKNOWN (303)
+E0000 00:00:1795612604.600000    6033 something.cc:99] a real C++ error
+"""
+
+
+def test_tensorflows_start_up_lines_are_dropped_and_real_warnings_and_errors_kept():
+    from pipeline import cli
+
+    assert cli.lines_worth_showing(TENSORFLOW_LOADING, "2") == [
+        "/site-packages/somewhere.py:12: UserWarning: a real warning",
+        "E0000 00:00:1795612604.600000    6033 something.cc:99] a real C++ error",
+    ]
+    at_one = cli.lines_worth_showing(TENSORFLOW_LOADING, "1")
+    assert any("a real C++ warning" in line for line in at_one) and not any("oneDNN" in line for line in at_one)
+    assert len(cli.lines_worth_showing(TENSORFLOW_LOADING, "0")) == 7  # all but absl's notice and cuInit's
+    # With a driver installed, cuInit's failure is a real error.
+    with_driver = TENSORFLOW_LOADING.replace("Could not find cuda drivers on your machine", "Loaded the driver")
+    assert any("failed call to cuInit" in line for line in cli.lines_worth_showing(with_driver, "2"))
