@@ -18,7 +18,7 @@ $(STAMP): setup.py
 
 # The main job on the embedded default: generate -> train -> evaluate -> export -> predict.
 run: $(STAMP)
-	@bash scripts/run_default.sh "$$WORK"
+	@PYTHON=$(BIN)/python bash scripts/run_default.sh "$$WORK"
 
 # The whole suite, linter included.
 test: $(STAMP) lint
