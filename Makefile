@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 WORK ?= work
+# Recipes read WORK from the environment, quoted ("$$WORK"): a folder name with spaces, quotes or
+# a leading dash stays one argument, so `make clean` cannot delete, nor `make run` write, another folder.
+export WORK
 
 .PHONY: run test lint format bench clean
 
@@ -15,7 +18,7 @@ $(STAMP): setup.py
 
 # The main job on the embedded default: generate -> train -> evaluate -> export -> predict.
 run: $(STAMP)
-	bash scripts/run_default.sh $(WORK)
+	@PYTHON=$(BIN)/python bash scripts/run_default.sh "$$WORK"
 
 # The whole suite, linter included.
 test: $(STAMP) lint
@@ -32,5 +35,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench all
 
+# Deletes WORK only if `make run` made it (it leaves a .moving-line-work file there): a mistyped WORK
+# is refused, not deleted.
 clean:
-	rm -rf $(WORK) build dist *.egg-info .pytest_cache
+	@if [ -e "$$WORK" ] && [ ! -e "$$WORK/.moving-line-work" ]; then \
+		echo "make clean: error: $$WORK was not made by make run (it holds no .moving-line-work); delete it yourself if you mean to" >&2; \
+		exit 2; \
+	fi
+	rm -rf -- "$$WORK" build dist *.egg-info .pytest_cache

@@ -8,13 +8,20 @@ written); 128 + the signal's number when SIGINT (130) or SIGTERM (143) stopped a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import importlib.abc
+import importlib.util
+import logging
 import os
+import re
 import signal
 import sys
+import tempfile
 
 USAGE_ERROR_EXIT = 2
 FAULT_EXIT = 1
+NO_SPACE = "No space left on device"
 
 
 def interrupted_exit(signal_number: int) -> int:
@@ -73,6 +80,12 @@ def run_main(prog: str, main, argv=None):
             raise
         where = f" writing {error.filename}" if error.filename else ""
         fail(prog, f"no space left on the device{where}; free some space and run the same command again", FAULT_EXIT)
+    except Exception as error:
+        # tf.io.gfile reports a full disk as ResourceExhaustedError("PATH; No space left on device").
+        if type(error).__name__ != "ResourceExhaustedError" or NO_SPACE not in str(error):
+            raise
+        where = f" writing {str(error).split(';')[0]}" if ";" in str(error) else ""
+        fail(prog, f"no space left on the device{where}; free some space and run the same command again", FAULT_EXIT)
     except KeyboardInterrupt:
         fail(prog, "interrupted by SIGINT; run the same command again", interrupted_exit(signal.SIGINT))
     except Interrupted as interrupt:
@@ -98,9 +111,121 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+# What TensorFlow's C++ code prints while it loads, before its log level applies (absl's logging
+# writes every line to stderr until it is initialised, and TF_CPP_MIN_LOG_LEVEL is read later):
+# absl's notice about that, oneDNN's and the CUDA stub's notices (twice: two libraries each print
+# them), CPU-feature advice, and cuInit's failure on a machine without a GPU driver.
+CPP_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ (\S+):\d+\] (.*)$")
+ABSL_BEFORE_INIT = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+CPU_FEATURE_ADVICE = re.compile(r"^To enable the following instructions: .*rebuild TensorFlow with the appropriate")
+SEVERITIES = "IWEF"
+# TFDS's own Tensor feature reads its deprecated `dtype` field when decoding, and logs a warning about it.
+LIBRARY_NOTICES = re.compile(r"`\w+\.dtype` is deprecated\. Please change your code to use NumPy")
+
+
 def quiet_tensorflow():
-    """Keeps TensorFlow's C++ start-up chatter out of the commands' output."""
+    """Keeps the libraries' start-up chatter out of the commands' output; call it before TensorFlow loads.
+
+    TF_CPP_MIN_LOG_LEVEL (default 2: errors only) applies to what TensorFlow's C++ code logs once it has
+    loaded; what it prints while loading (CPP_LOG_LINE and the rest above) is caught, filtered by the same
+    level and by what is known to be chatter, and the rest printed. Real warnings and errors still show.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Beam's local runners log their workers' start-up and shutdown through the launching process's loggers:
+    # INFO lines, and a warning from each worker about a missing semi-persistent folder. Errors still show.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(existing, _DropLibraryNotices) for existing in absl_logger.filters):
+        absl_logger.addFilter(_DropLibraryNotices())
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+class _DropLibraryNotices(logging.Filter):
+    def filter(self, record):
+        return not LIBRARY_NOTICES.search(str(record.msg))
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` for a loader that imports it (and finds its devices) with stderr caught.
+
+    Stays in sys.meta_path until TensorFlow is imported: libraries ask for its spec to see whether it
+    is installed (TFDS does) before they import it.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow" or name in sys.modules:
+            return None
+        sys.meta_path.remove(self)  # the real spec, from the finders after this one
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader, self)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader, finder):
+        self.loader = loader
+        self.finder = finder
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
+        module.__loader__ = module.__spec__.loader = self.loader  # the real loader from here on
+        with start_up_lines_filtered():
+            self.loader.exec_module(module)
+            # Finding the devices initialises CUDA: on a machine without a driver, cuInit's failure is logged here.
+            module.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def start_up_lines_filtered():
+    """Catches what is written to file descriptor 2 inside the block; prints it again less the start-up chatter."""
+    sys.stderr.flush()
+    try:
+        caught = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, once descriptor 2 is restored
+    except OSError:  # no temporary folder: let the chatter through rather than fail
+        yield
+        return
+    with caught:
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode("utf-8", errors="replace")
+            for line in lines_worth_showing(text, os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")):
+                print(line, file=sys.stderr, flush=True)
+
+
+def lines_worth_showing(text: str, min_log_level: str) -> list[str]:
+    """The lines of text that are not TensorFlow's start-up chatter, nor C++ log lines below min_log_level."""
+    minimum = int(min_log_level) if min_log_level.strip().isdigit() else 0
+    no_driver = "Could not find cuda drivers on your machine" in text
+    kept = []
+    for line in text.splitlines():
+        if line == ABSL_BEFORE_INIT or (minimum > 0 and CPU_FEATURE_ADVICE.match(line)):
+            continue
+        log_line = CPP_LOG_LINE.match(line)
+        if log_line:
+            severity, source, message = log_line.groups()
+            if SEVERITIES.index(severity) < minimum:
+                continue
+            if no_driver and source == "cuda_platform.cc" and "failed call to cuInit" in message:
+                continue  # no driver installed, so no GPU to use: expected, not an error
+        kept.append(line)
+    return kept
 
 
 def log(prog: str, message: str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import io
 import json
 import logging
 import os
@@ -225,7 +226,8 @@ def main(argv=None):
         builder.progress_folder = tempfile.mkdtemp(prefix="moving_line_progress_")
     progress = ProgressReporter(builder.progress_folder, builder.split_counts()) if local else contextlib.nullcontext()
     try:
-        with exclusive_build(os.fspath(builder.data_dir)), progress:
+        # TFDS prints two lines of its own on stdout ("Downloading and preparing dataset ..."); this logs its own.
+        with exclusive_build(os.fspath(builder.data_dir)), progress, contextlib.redirect_stdout(io.StringIO()):
             builder.download_and_prepare(download_config=download_config)
     except FileNotFoundError as error:
         # A dry run builds the job and returns without running it, so no shard was recorded.

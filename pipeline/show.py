@@ -17,8 +17,17 @@ from pipeline import cli
 
 PROG = "pipeline.show"
 FORMATS = (".png", ".gif")
-GAP = 1  # pixels between frames and sequences
-SCALE_TARGET = 64  # a frame is drawn at least about this many pixels wide
+CLASS_NAMES = ("left", "right")
+# Drawing: grey levels, pixel sizes, and the limits that keep an image viewable.
+LIT, UNLIT, SEPARATOR = 0, 255, 170
+GAP = 2  # separator between frames, in pixels
+FRAME_PIXELS = 48  # a frame is drawn at least about this wide (a whole number of pixels per pixel)
+MAX_WIDTH = 1600  # rows of frames wrap, in rows of equal length, to stay within this width
+MAX_IMAGE_PIXELS = 50_000_000
+MARGIN = 8
+TITLE_HEIGHT = 28
+LABEL_HEIGHT = 16
+FRAME_MILLISECONDS = 120
 
 
 def parse_args(argv=None):
@@ -83,49 +92,114 @@ def load_sequences(dataset_folder: str, split: str, num: int):
     return [(example["video"][..., 0], int(example["label"])) for example in examples]
 
 
-def frame_strip(video: np.ndarray, scale: int) -> np.ndarray:
-    """[T, S, S] 0/1 -> one grey image row with the T frames side by side (lit = black)."""
-    frames, size, _ = video.shape
-    width = frames * (size * scale + GAP) - GAP
-    strip = np.full((size * scale, width), 200, np.uint8)  # grey gaps between frames
-    for index, frame in enumerate(video):
-        left = index * (size * scale + GAP)
-        strip[:, left : left + size * scale] = np.where(np.kron(frame, np.ones((scale, scale))) > 0, 0, 255)
-    return strip
+def frame_grid(videos: list[np.ndarray], columns: int, scale: int) -> np.ndarray:
+    """Frames [S, S] 0/1 -> one grey image: `columns` frames a row, each pixel scale x scale, lit = black.
+
+    Every frame is drawn at a whole number of pixels per pixel (no resampling, so no aliasing) and
+    framed by separators GAP pixels wide, the same between all frames and around the grid.
+    """
+    size = videos[0].shape[0]
+    cell = size * scale
+    rows = -(-len(videos) // columns)
+    grid = np.full((rows * (cell + GAP) + GAP, columns * (cell + GAP) + GAP), SEPARATOR, np.uint8)
+    for index, frame in enumerate(videos):
+        top = GAP + (index // columns) * (cell + GAP)
+        left = GAP + (index % columns) * (cell + GAP)
+        pixels = np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1)
+        grid[top : top + cell, left : left + cell] = np.where(pixels > 0, LIT, UNLIT)
+    return grid
+
+
+def balanced_columns(count: int, cell: int, max_width: int) -> int:
+    """How many cells of `cell` pixels a row holds: all of them if they fit in max_width, else rows of equal length."""
+    rows = -(-(count * (cell + GAP) + GAP) // max_width)
+    return -(-count // rows)
+
+
+def check_image_size(width: int, height: int, what: str):
+    if width * height > MAX_IMAGE_PIXELS:
+        raise cli.UsageError(
+            f"{what} would be {width:,} x {height:,} pixels, more than an image viewer opens; draw fewer (--num)"
+        )
+
+
+def text_width(draw, text: str, font) -> int:
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    return right - left
+
+
+def save_whole(image, out: str, **options):
+    """Saves image at out (a new file); on any failure (a full disk, a signal) removes what was written."""
+    existed = os.path.lexists(out)
+    try:
+        image.save(out, **options)
+    except BaseException:
+        if not existed and os.path.lexists(out):
+            os.remove(out)
+        raise
 
 
 def draw_png(sequences, out: str):
-    import matplotlib
+    """One block per sequence: its label on the left, its frames in order, left to right (in rows of equal length)."""
+    from PIL import Image, ImageDraw, ImageFont
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = sequences[0][0].shape[1]
-    scale = max(1, SCALE_TARGET // size // 4)
-    strips = [frame_strip(video, scale) for video, _ in sequences]
-    figure, axes = plt.subplots(len(strips), 1, figsize=(16, 0.5 + 0.9 * len(strips)), squeeze=False)
-    for axis, strip, (_, label) in zip(axes[:, 0], strips, sequences, strict=True):
-        axis.imshow(strip, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
-        axis.set_ylabel(("left", "right")[label], rotation=0, ha="right", va="center")
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.suptitle(f"{len(strips)} sequences, frames 0..{sequences[0][0].shape[0] - 1} left to right")
-    figure.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    frames, size, _ = sequences[0][0].shape
+    scale = -(-FRAME_PIXELS // size)
+    columns = balanced_columns(frames, size * scale, MAX_WIDTH)
+    grids = [frame_grid(list(video), columns, scale) for video, _ in sequences]
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    labels = [f"#{index} {CLASS_NAMES[label]}" for index, (_, label) in enumerate(sequences)]
+    label_width = max(text_width(measure, label, font) for label in labels) + 2 * MARGIN
+    rows = -(-frames // columns)
+    title = f"{len(sequences)} sequences of {frames} frames ({size} x {size}), in order from the top left"
+    if rows > 1:
+        title += f", {columns} a row"
+    width = max(label_width + grids[0].shape[1] + MARGIN, text_width(measure, title, font) + 2 * MARGIN)
+    height = TITLE_HEIGHT + sum(grid.shape[0] + MARGIN for grid in grids)
+    check_image_size(width, height, f"{len(sequences)} strips of {frames} frames")
+    image = Image.new("L", (width, height), UNLIT)
+    draw = ImageDraw.Draw(image)
+    draw.text((MARGIN, MARGIN), title, fill=LIT, font=font)
+    top = TITLE_HEIGHT
+    for grid, label in zip(grids, labels, strict=True):
+        image.paste(Image.fromarray(grid, mode="L"), (label_width, top))
+        draw.text((MARGIN, top + GAP + min(size * scale, grid.shape[0]) // 2 - 6), label, fill=LIT, font=font)
+        top += grid.shape[0] + MARGIN
+    save_whole(image, out)
 
 
 def draw_gif(sequences, out: str):
-    from PIL import Image
+    """An animation of the sequences side by side, each under its label (left or right), the frame number on top."""
+    from PIL import Image, ImageDraw, ImageFont
 
-    size = sequences[0][0].shape[1]
-    scale = max(1, SCALE_TARGET // size * 2)
-    frames = []
-    for index in range(sequences[0][0].shape[0]):
-        tiles = [np.where(np.kron(video[index], np.ones((scale, scale))) > 0, 0, 255) for video, _ in sequences]
-        spacer = np.full((size * scale, GAP * 2), 200)
-        row = np.concatenate([part for tile in tiles for part in (tile, spacer)][:-1], axis=1)
-        frames.append(Image.fromarray(row.astype(np.uint8), mode="L"))
-    frames[0].save(out, save_all=True, append_images=frames[1:], duration=120, loop=0)
+    frames, size, _ = sequences[0][0].shape
+    scale = -(-2 * FRAME_PIXELS // size)
+    columns = balanced_columns(len(sequences), size * scale, MAX_WIDTH)
+    font = ImageFont.load_default()
+    labels = [f"#{index} {CLASS_NAMES[label]}" for index, (_, label) in enumerate(sequences)]
+    cell = size * scale + GAP
+    width = max(columns * cell + GAP, 160)
+    rows = -(-len(sequences) // columns)
+    height = TITLE_HEIGHT + rows * (LABEL_HEIGHT + cell) + GAP
+    check_image_size(width, height * frames, f"an animation of {len(sequences)} sequences")
+    pictures = []
+    for frame in range(frames):
+        grid = frame_grid([video[frame] for video, _ in sequences], columns, scale)
+        image = Image.new("L", (width, height), UNLIT)
+        draw = ImageDraw.Draw(image)
+        draw.text((MARGIN, MARGIN), f"frame {frame + 1} of {frames}", fill=LIT, font=font)
+        for row in range(rows):
+            # The grid's row of tiles, under a band that names each tile's sequence.
+            band_top = TITLE_HEIGHT + row * (LABEL_HEIGHT + cell)
+            strip = grid[row * cell : row * cell + cell + GAP]
+            image.paste(Image.fromarray(strip, mode="L"), (0, band_top + LABEL_HEIGHT - GAP))
+            for column in range(columns):
+                index = row * columns + column
+                if index < len(sequences):
+                    draw.text((GAP + column * cell + 2, band_top + 2), labels[index], fill=LIT, font=font)
+        pictures.append(image)
+    save_whole(pictures[0], out, save_all=True, append_images=pictures[1:], duration=FRAME_MILLISECONDS, loop=0)
 
 
 def main(argv=None):

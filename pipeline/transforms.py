@@ -15,7 +15,11 @@ import os
 
 import apache_beam as beam
 
-from pipeline import generator
+from pipeline import cli, generator
+
+# Beam's worker processes import this module before TensorFlow: keep its start-up lines out of their output
+# (and, in the launching process, Beam's INFO lines about its workers).
+cli.quiet_tensorflow()
 
 # Examples made by one numpy call: big enough to amortise Python, small enough that a
 # chunk of size-50 videos (125 kB each) stays around 32 MB in a worker.

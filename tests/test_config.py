@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import pytest
 from conftest import REPO, run_command
@@ -55,26 +56,74 @@ def test_file_values_then_overrides(tmp_path):
     [
         ("batch_sise: 64\n", [], "unknown key 'batch_sise'"),
         ("", ["lerning_rate=0.1"], "unknown key 'lerning_rate'"),
-        ("batch_size: 6.5\n", [], "batch_size must be a int, got 6.5"),
-        ("", ["epochs=two"], "epochs must be a int, got 'two'"),
-        ("", ["deterministic=1"], "deterministic must be a bool"),
-        ("", ["epochs=true"], "epochs must be a int, got True"),
-        ("", ["size=null"], "size must be a int, not null"),
+        ("batch_size: 6.5\n", [], "batch_size must be a whole number, got 6.5"),
+        ("", ["epochs=two"], "epochs must be a whole number, got 'two'"),
+        ("", ["deterministic=1"], "deterministic must be true or false, got 1"),
+        ("", ["epochs=true"], "epochs must be a whole number, got True"),
+        ("", ["size=null"], "size must be a whole number, not null"),
         ("", ["batch_size=0"], "batch_size must be at least 1"),
         ("", ["learning_rate=-0.1"], "learning_rate must not be negative"),
+        ("", ["learning_rate=-1e-3"], "learning_rate must not be negative"),
+        ("", ["learning_rate=1e999"], "learning_rate must be a finite number, got '1e999'"),
+        ("", ["learning_rate=.inf"], "learning_rate must be a finite number, got inf"),
+        ("", ["learning_rate=[0.1]"], "learning_rate must be a number, got [0.1]"),
+        ("", ["clip_norm=0"], "clip_norm must be above 0"),
+        ("", [f"seed={2**32}"], "seed must be at most 4,294,967,295, got 4,294,967,296"),
+        ("", [f"data_seed={2**63}"], "data_seed must be at most 9,223,372,036,854,775,807"),
+        ("", [f"epochs={2**31}"], "epochs must be at most 2,147,483,647"),
+        ("", ["size=2"], "size must be at least 3, got 2 (the model's 2x2 convolution and 2x2 max-pooling"),
+        ("", ["size=256"], "size must be at most 255"),
+        ("", ["devices=[0, 1]"], "devices must be a list of device names"),
+        ("size: 8\nsize: 9\n", [], "not valid YAML at line 2 (key 'size' is given twice)"),
         ("", ["epochs"], "expected key=value"),
         ("- a\n- b\n", [], "expected key: value lines"),
         ("batch_size: [1\n", [], "not valid YAML"),
     ],
 )
 def test_bad_keys_and_values_are_errors_that_name_them(tmp_path, text, overrides, message):
-    with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(UsageError, match=re.escape(message)):
         config.load(write(tmp_path, text), overrides)
 
 
 def test_a_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(UsageError, match="no such file"):
         config.load(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x89PNG\r\n\x1a\n\xff\xfe binary", "is not UTF-8 text"),
+        (b"size: 8\n\x00\n", "not valid YAML"),
+        (b"# a comment\n" * 100_000, "a config is a short YAML file"),
+    ],
+)
+def test_a_config_file_that_is_not_yaml_text_is_an_error(tmp_path, content, message):
+    (tmp_path / "config.yaml").write_bytes(content)
+    with pytest.raises(UsageError, match=message):
+        config.load(str(tmp_path / "config.yaml"))
+    with pytest.raises(UsageError, match="is a folder"):
+        config.load(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "override, value",
+    [
+        ("learning_rate=1e-3", 0.001),  # YAML 1.1 reads 1e-3 as a string; float() reads it
+        ("learning_rate=2E-4", 0.0002),
+        ("learning_rate=1", 1.0),
+        ("learning_rate= 0.5 ", 0.5),
+        ("clip_norm=1_000", 1000.0),
+        (f"seed={2**32 - 1}", 2**32 - 1),
+        (f"data_seed={2**63 - 1}", 2**63 - 1),
+        ("size=3", 3),
+        ("size=255", 255),
+    ],
+)
+def test_numbers_are_read_as_python_reads_them_within_what_the_trainer_takes(override, value):
+    key = override.split("=")[0]
+    loaded = config.load(None, [override])[key]
+    assert loaded == value and type(loaded) is type(value)
 
 
 def test_differences_ignore_keys_that_only_change_how_a_run_executes():

@@ -81,19 +81,49 @@ def test_the_serving_function_eagerly_and_in_a_dataset_map(exported):
     )
 
 
-def test_the_keras_file_predicts_what_the_saved_model_predicts(exported):
-    import keras
+# Plain Keras in a fresh interpreter: nothing of this package imported, nothing registered.
+LOAD_KERAS_WITHOUT_PROJECT = """
+import json, sys
+import keras
+import numpy as np
+model = keras.saving.load_model(sys.argv[1])
+print(json.dumps({
+    "probability_right": model.predict(np.load(sys.argv[2]), verbose=0).reshape(-1).tolist(),
+    "layers": [type(layer).__module__.split(".")[0] for layer in model.layers],
+    "parameters": model.count_params(),
+    "project_imported": sorted(m for m in sys.modules if m.split(".")[0] in ("pipeline", "trainer", "bench")),
+}))
+"""
 
-    reloaded = keras.models.load_model(exported["keras_path"])
+
+def test_the_keras_file_loads_in_plain_keras_and_predicts_what_the_saved_model_predicts(exported):
+    result = run_command(
+        "-c", LOAD_KERAS_WITHOUT_PROJECT, exported["keras_path"], str(exported["folder"] / "videos.npy")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["project_imported"] == []
+    assert set(loaded["layers"]) == {"keras"}
+    assert loaded["parameters"] == exported["model"].count_params()
     serve = tf.saved_model.load(exported["export_dir"]).signatures["serving_default"]
     np.testing.assert_allclose(
-        reloaded.predict(exported["videos"], verbose=0).reshape(-1),
+        loaded["probability_right"],
         serve(video=tf.constant(exported["videos"]))["probability_right"].numpy(),
         atol=1e-6,
     )
 
 
+def test_the_time_distributed_form_holds_build_models_weights_in_the_same_order():
+    folded = model_lib.build_model({"size": SIZE})
+    tutorial = model_lib.build_time_distributed_model({"size": SIZE})
+    assert [w.shape for w in folded.weights] == [w.shape for w in tutorial.weights]
+    tutorial.set_weights(folded.get_weights())
+    videos = generator.generate(5, "test", 0, 4, SIZE)["video"]
+    np.testing.assert_allclose(tutorial.predict(videos, verbose=0), folded.predict(videos, verbose=0), atol=1e-6)
+
+
 def test_exporting_again_replaces_the_export_and_leaves_no_partial_folder(exported):
     folder = exported["folder"]
     export.export_saved_model(exported["model"], str(folder / "export"), ["left", "right"])
+    export.save_keras(exported["model"], str(folder / "model.keras"))
     assert sorted(path.name for path in folder.iterdir()) == ["export", "model.keras", "videos.npy"]

@@ -6,10 +6,12 @@ type, is an error that names it. Keys whose default is None say their type in OP
 
 from __future__ import annotations
 
+import math
 import os
 
 import yaml
 
+from pipeline import generator
 from pipeline.cli import UsageError
 
 DEFAULTS = {
@@ -106,31 +108,82 @@ POSITIVE_KEYS = {
 }
 
 
+# Integer keys take at most INT_MAXIMUM (TensorFlow counts steps and batches in int32), unless below.
+INT_MAXIMUM = 2**31 - 1
+MAXIMA = {
+    "size": generator.MAX_SIZE,
+    "seed": 2**32 - 1,  # keras.utils.set_random_seed seeds numpy, which takes 32 bits
+    "data_seed": 2**63 - 1,  # the generator's Philox key, as pipeline.generate --seed
+    "logical_cpu_devices": 256,
+}
+# Float keys where 0 means nothing useful; null says what the user may have meant.
+POSITIVE_FLOAT_KEYS = {"clip_norm"}
+NULL_MEANS = {"clip_norm": "no clipping"}
+# The model's 2x2 convolution and 2x2 max-pooling leave nothing of a frame under 3 x 3 pixels.
+MINIMUM_MODEL_SIZE = 3
+MINIMA = {"size": MINIMUM_MODEL_SIZE}
+# What a config file can be: a short YAML text (the shipped ones are under 2 kB).
+MAX_FILE_BYTES = 1_000_000
+TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", list: "a list"}
+
+
 def expected_type(key: str) -> type:
     return OPTIONAL.get(key, type(DEFAULTS[key]))
 
 
 def check_value(key: str, value, origin: str):
-    """Raises UsageError naming the key when it is unknown or its value has the wrong type."""
+    """Raises UsageError naming the key when it is unknown or its value has the wrong type or range."""
     if key not in DEFAULTS:
-        raise UsageError(f"{origin}: unknown key {key!r}; known keys: {', '.join(DEFAULTS)}")
+        raise UsageError(f"{origin}: unknown key {key!r}; known keys: {', '.join(map(str, DEFAULTS))}")
     wanted = expected_type(key)
     if value is None:
         if key not in OPTIONAL:
-            raise UsageError(f"{origin}: {key} must be a {wanted.__name__}, not null")
+            raise UsageError(f"{origin}: {key} must be {TYPE_NAMES[wanted]}, not null")
         return value
-    if wanted is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)  # YAML reads 1 as an int; a float key takes it
+    if wanted is float and not isinstance(value, bool):
+        value = to_float(key, value, origin)
     if wanted is list and isinstance(value, str):
         value = [item.strip() for item in value.split(",") if item.strip()]
     # bool is an int in Python: reject True where a number is wanted.
     if not isinstance(value, wanted) or (wanted is not bool and isinstance(value, bool)):
-        raise UsageError(f"{origin}: {key} must be a {wanted.__name__}, got {value!r}")
-    if key in POSITIVE_KEYS and value < 1:
-        raise UsageError(f"{origin}: {key} must be at least 1, got {value}")
-    if isinstance(value, (int, float)) and value < 0:
+        raise UsageError(f"{origin}: {key} must be {TYPE_NAMES[wanted]}, got {value!r}")
+    if wanted is list and not all(isinstance(item, str) for item in value):
+        raise UsageError(f"{origin}: {key} must be a list of device names such as /gpu:0, got {value!r}")
+    if wanted is int:
+        minimum = MINIMA.get(key, 1 if key in POSITIVE_KEYS else 0)
+        maximum = MAXIMA.get(key, INT_MAXIMUM)
+        if value < minimum:
+            raise UsageError(f"{origin}: {key} must be at least {minimum}, got {value}{why(key)}")
+        if value > maximum:
+            raise UsageError(f"{origin}: {key} must be at most {maximum:,}, got {value:,}{why(key)}")
+    if wanted is float and value < 0:
         raise UsageError(f"{origin}: {key} must not be negative, got {value}")
+    if key in POSITIVE_FLOAT_KEYS and value == 0:
+        raise UsageError(f"{origin}: {key} must be above 0, got {value} (null: {NULL_MEANS[key]})")
     return value
+
+
+def to_float(key: str, value, origin: str):
+    """A float key takes an int and what Python's float() reads (YAML 1.1 reads 1e-3 as a string); finite only."""
+    if isinstance(value, (int, float, str)):
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):
+            number = None
+        if number is not None:
+            if not math.isfinite(number):
+                raise UsageError(f"{origin}: {key} must be a finite number, got {value!r}")
+            return number
+    raise UsageError(f"{origin}: {key} must be {TYPE_NAMES[float]}, got {value!r}")
+
+
+def why(key: str) -> str:
+    if key == "size":
+        return (
+            f" (the model's 2x2 convolution and 2x2 max-pooling need frames of at least {MINIMUM_MODEL_SIZE} x "
+            f"{MINIMUM_MODEL_SIZE} pixels; the generator makes at most {generator.MAX_SIZE})"
+        )
+    return ""
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -149,24 +202,63 @@ def load(path: str | None, overrides: list[str] = ()) -> dict:
     """DEFAULTS, then the file's keys, then each key=value of overrides; every value checked."""
     config = dict(DEFAULTS)
     if path is not None:
-        if not os.path.isfile(path):
-            raise UsageError(f"--config {path}: no such file; the configs are in configs/")
-        with open(path, encoding="utf-8") as file:
-            config = load_text(file.read(), path)
+        config = load_text(read_file(path), path)
     for text in overrides:
         key, value = parse_override(text)
         config[key] = check_value(key, value, f"--set {key}")
     return config
 
 
+def read_file(path: str) -> str:
+    """The text of a config file, or a UsageError saying why it cannot be one."""
+    if os.path.isdir(path):
+        raise UsageError(f"--config {path} is a folder; give a YAML file such as configs/default.yaml")
+    if not os.path.isfile(path):
+        raise UsageError(f"--config {path}: no such file; the configs are in configs/")
+    try:
+        if os.path.getsize(path) > MAX_FILE_BYTES:
+            raise UsageError(
+                f"--config {path} is {os.path.getsize(path):,} bytes; a config is a short YAML file of key: value lines"
+            )
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except UnicodeDecodeError:
+        raise UsageError(f"--config {path} is not UTF-8 text; give a YAML file of key: value lines") from None
+    except OSError as error:
+        raise UsageError(f"--config {path} cannot be read ({error.strerror or error})") from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice (safe_load would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique_keys(text: str):
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_text(text: str, origin: str) -> dict:
     """DEFAULTS updated with the keys of a YAML text (origin names it in errors)."""
     try:
-        loaded = yaml.safe_load(text)
+        loaded = safe_load_unique_keys(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{origin}: not valid YAML{where}") from None
+        problem = getattr(error, "problem", None)
+        detail = f" ({problem})" if problem and "twice" in problem else ""
+        raise UsageError(f"{origin}: not valid YAML{where}{detail}") from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):

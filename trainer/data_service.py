@@ -9,46 +9,128 @@ The workers read, shuffle and decode the training data and send the trainer its 
 trainer's CPU only trains; each worker must reach --data_dir itself (same path or gs://). Both
 servers listen on the given port on every interface, with no authentication: keep them on a
 private network. --host is the name the trainer reaches a worker by. Port 0 picks a free port;
-the first line on stdout says which. The server runs until stopped (Ctrl-C or SIGTERM).
+the first line on stdout says which. A port already in use is refused. A worker waits up to
+--dispatcher_timeout seconds for its dispatcher to answer, saying so, and once running says when it
+loses and regains contact with it. The server runs until stopped: Ctrl-C or SIGTERM stop it with
+one line and exit code 0.
 """
 
 from __future__ import annotations
 
+import argparse
+import errno
+import signal
 import socket
 import time
 
 from pipeline import cli
 
 PROG = "trainer.data_service"
+MAX_PORT = 65535
+WATCH_SECONDS = 10  # how often a worker checks that its dispatcher still answers
+
+
+def port_number(text: str) -> int:
+    port = cli.non_negative_int(text)
+    if port > MAX_PORT:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to {MAX_PORT}, got {port}")
+    return port
 
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     roles = parser.add_subparsers(dest="role", required=True)
     dispatcher = roles.add_parser("dispatcher", help="The service's entry point, which trainers and workers call.")
-    dispatcher.add_argument("--port", type=cli.non_negative_int, default=5050, help="0: a free port.")
+    dispatcher.add_argument("--port", type=port_number, default=5050, help="0: a free port.")
     dispatcher.add_argument("--host", default="localhost", help="The name others reach this machine by.")
     worker = roles.add_parser("worker", help="Makes batches for the trainers, as the dispatcher assigns.")
     worker.add_argument("--dispatcher", required=True, metavar="HOST:PORT", help="The dispatcher's address.")
-    worker.add_argument("--port", type=cli.non_negative_int, default=0, help="0: a free port.")
+    worker.add_argument("--port", type=port_number, default=0, help="0: a free port.")
     worker.add_argument("--host", default="localhost", help="The name the trainers reach this machine by.")
+    worker.add_argument(
+        "--dispatcher_timeout",
+        type=cli.non_negative_int,
+        default=60,
+        help="Seconds to wait for the dispatcher to answer at start (default 60).",
+    )
     for subparser in (dispatcher, worker):
         subparser.error = parser.error  # one-line errors from the subcommands too
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.role == "worker":
+        args.dispatcher_host, args.dispatcher_port = split_address(args.dispatcher, "--dispatcher")
+    return args
+
+
+def split_address(address: str, flag: str) -> tuple[str, int]:
+    """(host, port) of HOST:PORT or grpc://HOST:PORT; a UsageError naming flag otherwise."""
+    host, separator, port = address.removeprefix("grpc://").rpartition(":")
+    if not separator or not host or not port.isdigit() or int(port) > MAX_PORT:
+        raise cli.UsageError(f"{flag} {address}: expected HOST:PORT, e.g. localhost:5050")
+    return host.strip("[]"), int(port)
+
+
+def answers(host: str, port: int, timeout_seconds: float) -> str | None:
+    """None when something accepts a connection at host:port, else why not."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_seconds).close()
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def check_dispatcher(address: str, timeout_seconds: float = 10):
     """A UsageError unless something listens at address (grpc://HOST:PORT); the service's client would wait forever."""
-    host, separator, port = address.removeprefix("grpc://").rpartition(":")
-    if not address.startswith("grpc://") or not separator or not port.isdigit():
+    if not address.startswith("grpc://"):
         raise cli.UsageError(f"--tf_data_service {address}: expected grpc://HOST:PORT, e.g. grpc://localhost:5050")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_seconds).close()
-    except OSError as error:
+    host, port = split_address(address, "--tf_data_service")
+    problem = answers(host, port, timeout_seconds)
+    if problem:
         raise cli.UsageError(
-            f"--tf_data_service {address}: no dispatcher answers there ({error.strerror or error}); "
+            f"--tf_data_service {address}: no dispatcher answers there ({problem}); "
             f"start one with `python -m {PROG} dispatcher --port {port}`"
-        ) from None
+        )
+
+
+def wait_for_dispatcher(host: str, port: int, timeout_seconds: int):
+    """Returns once the dispatcher answers; a FaultError after timeout_seconds (TensorFlow waits silently)."""
+    deadline = time.monotonic() + timeout_seconds
+    problem = answers(host, port, 5)
+    if problem:
+        cli.log(PROG, f"waiting up to {timeout_seconds} s for the dispatcher at {host}:{port} ({problem})")
+    while problem:
+        if time.monotonic() >= deadline:
+            raise cli.FaultError(
+                f"no dispatcher answered at {host}:{port} in {timeout_seconds} s ({problem}); start it with "
+                f"`python -m {PROG} dispatcher --port {port}` or fix --dispatcher, then run the same command again"
+            )
+        time.sleep(1)
+        problem = answers(host, port, 5)
+
+
+def check_port_free(port: int, flag: str = "--port"):
+    """A UsageError when port is taken (TensorFlow's servers fail with a bare 'Could not start gRPC server')."""
+    if port == 0:
+        return
+    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this machine
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: a closed port is free
+            try:
+                probe.bind((address, port))
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise cli.UsageError(
+                        f"{flag} {port} is already in use on this machine; choose another (0 picks a free one)"
+                    ) from None
+                if error.errno == errno.EACCES:
+                    raise cli.UsageError(
+                        f"{flag} {port} needs more privileges than this user has; choose a port above 1023"
+                    ) from None
+                if error.errno != errno.EADDRNOTAVAIL:
+                    raise
 
 
 def start(args):
@@ -56,30 +138,56 @@ def start(args):
     import tensorflow as tf
 
     service = tf.data.experimental.service
-    if args.role == "dispatcher":
-        server = service.DispatchServer(service.DispatcherConfig(port=args.port))
-        port = server.target.rsplit(":", 1)[1]
-        return server, f"dispatcher listening on port {port}; trainers use --tf_data_service grpc://{args.host}:{port}"
-    dispatcher = args.dispatcher.removeprefix("grpc://")
-    if ":" not in dispatcher:
-        raise cli.UsageError(f"--dispatcher {args.dispatcher}: expected HOST:PORT, e.g. localhost:5050")
-    # %port% is filled in by the worker with the port it bound, so that port 0 works too.
-    config = service.WorkerConfig(dispatcher_address=dispatcher, worker_address=f"{args.host}:%port%", port=args.port)
-    return service.WorkerServer(config), f"worker of dispatcher {dispatcher} started"
+    try:
+        if args.role == "dispatcher":
+            server = service.DispatchServer(service.DispatcherConfig(port=args.port))
+            port = server.target.rsplit(":", 1)[1]
+            return server, (
+                f"dispatcher listening on port {port}; trainers use --tf_data_service grpc://{args.host}:{port}"
+            )
+        dispatcher = f"{args.dispatcher_host}:{args.dispatcher_port}"
+        # %port% is filled in by the worker with the port it bound, so that port 0 works too.
+        config = service.WorkerConfig(
+            dispatcher_address=dispatcher, worker_address=f"{args.host}:%port%", port=args.port
+        )
+        return service.WorkerServer(config), f"worker of dispatcher {dispatcher} started"
+    except RuntimeError as error:  # the port was taken between the check and the start
+        raise cli.UsageError(f"--port {args.port}: {error}; choose another port (0 picks a free one)") from None
+
+
+def watch_dispatcher(host: str, port: int):
+    """Says when the dispatcher stops answering and when it answers again; never returns."""
+    lost = None
+    while True:
+        time.sleep(WATCH_SECONDS)
+        problem = answers(host, port, 5)
+        if problem and not lost:
+            cli.log(PROG, f"lost contact with the dispatcher at {host}:{port} ({problem}); waiting for it")
+        elif lost and not problem:
+            cli.log(PROG, f"the dispatcher at {host}:{port} answers again")
+        lost = problem
 
 
 def main(argv=None):
     args = parse_args(argv)
+    check_port_free(args.port)
+    if args.role == "worker":
+        wait_for_dispatcher(args.dispatcher_host, args.dispatcher_port, args.dispatcher_timeout)
     cli.quiet_tensorflow()
     server, line = start(args)
     print(f"[{PROG}] {line}", flush=True)
     # The server runs on its own threads; sleeping here (not server.join(), which holds off Python's signal
-    # handling) lets Ctrl-C end the process. SIGTERM ends it by default.
+    # handling) lets Ctrl-C and SIGTERM (cli.run_main makes it raise cli.Interrupted) end the process.
     try:
+        if args.role == "worker":
+            watch_dispatcher(args.dispatcher_host, args.dispatcher_port)
         while server is not None:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        stopped_by = signal.SIGINT
+    except cli.Interrupted as interrupt:
+        stopped_by = interrupt.signal_number
+    cli.log(PROG, f"stopped by {signal.Signals(stopped_by).name}")
     return 0
 
 

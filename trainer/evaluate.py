@@ -8,6 +8,7 @@ writes them to MODEL_DIR/metrics.json (metrics_<split>.json for a split other th
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -94,12 +95,18 @@ def metrics_path(model_dir: str, split: str) -> str:
 
 
 def write_metrics(metrics: dict, path: str):
+    """Writes path whole or not at all (beside it first, then renamed), even when interrupted."""
     import tensorflow as tf
 
     partial = path + ".partial"
-    with tf.io.gfile.GFile(partial, "w") as file:
-        file.write(json.dumps(metrics, indent=2) + "\n")
-    tf.io.gfile.rename(partial, path, overwrite=True)
+    try:
+        with tf.io.gfile.GFile(partial, "w") as file:
+            file.write(json.dumps(metrics, indent=2) + "\n")
+        tf.io.gfile.rename(partial, path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(partial):
+            tf.io.gfile.remove(partial)
+        raise
 
 
 def load_saved_model(model_dir: str):
@@ -108,7 +115,23 @@ def load_saved_model(model_dir: str):
 
     for folder in (os.path.join(model_dir, "export"), model_dir):
         if tf.io.gfile.exists(os.path.join(folder, "saved_model.pb")):
-            return folder, tf.saved_model.load(folder).signatures["serving_default"]
+            try:
+                loaded = tf.saved_model.load(folder)
+            except Exception as error:  # a damaged file fails in many ways: protobuf, checkpoint reader, I/O
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                raise cli.FaultError(
+                    f"cannot load the SavedModel in {folder} ({first_line}); it is damaged or incomplete: "
+                    "restore it from a copy, or train and export again into a new --model_dir"
+                ) from None
+            signature = loaded.signatures.get("serving_default")
+            inputs = signature.structured_input_signature[1] if signature is not None else {}
+            spec = inputs.get("video")
+            if spec is None or spec.shape.rank != 5 or spec.shape[2] is None:
+                raise cli.UsageError(
+                    f"the SavedModel in {folder} has no serving_default signature taking `video` "
+                    "[batch, frames, S, S, 1]; give the export of a trainer.task run"
+                )
+            return folder, signature
     raise cli.UsageError(
         f"no SavedModel in {model_dir} or {model_dir}/export; train one first with "
         "`python -m trainer.task --config configs/default.yaml --data_dir DIR --model_dir DIR`"
@@ -121,12 +144,23 @@ def signature_size(signature) -> int:
     return int(spec.shape[2])
 
 
+# A batch of this many size-50 videos is already 8 GB.
+MAX_BATCH_SIZE = 65_536
+
+
+def batch_size(text: str) -> int:
+    value = cli.positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BATCH_SIZE:,}, got {value:,}")
+    return value
+
+
 def parse_args(argv=None):
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--model_dir", required=True, help="The trainer's --model_dir (holds export/).")
     parser.add_argument("--data_dir", required=True, help="TFDS data_dir holding moving_line/size_S.")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    parser.add_argument("--batch_size", type=cli.positive_int, default=256, help="Examples per prediction batch.")
+    parser.add_argument("--batch_size", type=batch_size, default=256, help="Examples per prediction batch.")
     parser.add_argument(
         "--skip_corrupt_records",
         action="store_true",

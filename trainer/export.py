@@ -1,4 +1,4 @@
-"""Export: a SavedModel for serving (no project code needed to load it) and a .keras file.
+"""Export: a SavedModel for serving and a .keras file; neither needs this package to load.
 
 The SavedModel's serving_default signature takes `video` (uint8 [batch, frames, S, S, 1],
 the stored format) and returns probability_right (float32 [batch]), class_id (int64
@@ -49,23 +49,43 @@ def export_saved_model(model: keras.Model, export_dir: str, class_names: list[st
     archive.add_endpoint(name=SIGNATURE, fn=serving_function(model, class_names), input_signature=[video_spec(model)])
     partial = export_dir.rstrip("/") + ".partial"
     remove_tree(partial)
-    archive.write_out(partial, verbose=False)
-    remove_tree(export_dir)
-    tf.io.gfile.rename(partial, export_dir)
+    try:
+        archive.write_out(partial, verbose=False)
+        remove_tree(export_dir)
+        tf.io.gfile.rename(partial, export_dir)
+    except BaseException:
+        remove_tree(partial)
+        raise
     return export_dir
 
 
 def save_keras(model: keras.Model, path: str) -> str:
-    """model.keras, written beside its final name first (needs trainer.model imported to load: FoldTime)."""
+    """model.keras in the tutorial's form: Keras's own layers only, so that plain Keras loads it anywhere.
+
+    model is the CNN-LSTM of trainer.model.build_model (time folded into the batch by this package's
+    FoldTime and UnfoldTime); its weights go, in the same order, into build_time_distributed_model's
+    TimeDistributed form, which needs no class of this package. Written beside its final name first.
+    """
+    from trainer import model as model_lib
+
+    portable = model_lib.build_time_distributed_model({"size": model.input_shape[2]})
+    portable.set_weights(model.get_weights())
     partial = path + ".partial.keras"
-    model.save(partial)
-    tf.io.gfile.rename(partial, path, overwrite=True)
+    try:
+        portable.save(partial)
+        tf.io.gfile.rename(partial, path, overwrite=True)
+    except BaseException:
+        remove_tree(partial)
+        raise
     return path
 
 
 def load_keras(path: str) -> keras.Model:
-    """A .keras file, loaded with safe_mode: a Lambda layer (pickled Python code) is refused, not run."""
-    import trainer.model  # noqa: F401 - registers FoldTime and UnfoldTime, which the file names
+    """A .keras file, loaded with safe_mode: a Lambda layer (pickled Python code) is refused, not run.
+
+    model.keras needs nothing of this package; the checkpoints (the training model) name its layers.
+    """
+    import trainer.model  # noqa: F401 - registers RenderVideo, FoldTime, ..., which checkpoints name
 
     return keras.models.load_model(path, safe_mode=True)
 
