@@ -25,15 +25,28 @@ PARTIAL = outputs.PARTIAL
 def write_atomically(path: str, content: str | bytes) -> str:
     partial = path + PARTIAL
     mode = "wb" if isinstance(content, bytes) else "w"
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    created = missing_folders(os.path.dirname(path))
     try:
+        tf.io.gfile.makedirs(os.path.dirname(path) or ".")
         with tf.io.gfile.GFile(partial, mode) as file:
             file.write(content)
         tf.io.gfile.rename(partial, path, overwrite=True)
     except BaseException:
         remove(partial)
+        for folder in created:  # innermost first: a failed write leaves no empty folders behind either
+            if tf.io.gfile.isdir(folder) and not tf.io.gfile.listdir(folder):
+                remove(folder)
         raise
     return path
+
+
+def missing_folders(folder: str) -> list[str]:
+    """The folders that making `folder` would create, innermost first."""
+    missing = []
+    while folder and folder not in ("/", ".") and not tf.io.gfile.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder.rstrip("/"))
+    return missing
 
 
 def read_text(path: str) -> str:

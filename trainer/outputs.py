@@ -103,7 +103,10 @@ def check_model_dir(paths: Paths, config: dict) -> str:
     files = file_system(paths.model_dir)
     if files.exists(paths.model_dir) and not files.isdir(paths.model_dir):
         raise cli.UsageError(f"--model_dir {paths.model_dir} is a file; give a folder")
-    if not files.exists(paths.model_dir) or not files.listdir(paths.model_dir):
+    if not files.exists(paths.model_dir):
+        check_creatable(paths.model_dir)
+        return "new"
+    if not files.listdir(paths.model_dir):
         return "new"
     if not files.exists(paths.config):
         left = [name.rstrip("/") for name in files.listdir(paths.model_dir)]
@@ -125,3 +128,22 @@ def check_model_dir(paths: Paths, config: dict) -> str:
             "use a new --model_dir, or the same config to resume that run"
         )
     return "finished" if finished else "resume"
+
+
+def check_creatable(folder: str):
+    """A UsageError unless a local folder can be made (made and removed again: nothing is left)."""
+    if "://" in folder:
+        return  # a bucket's permissions show when the run writes
+    missing = []
+    parent = os.path.abspath(folder)
+    while not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    try:
+        os.makedirs(folder)
+    except OSError as error:
+        raise cli.UsageError(
+            f"--model_dir {folder} cannot be created ({error.strerror}); give a writable folder"
+        ) from None
+    for created in missing:
+        os.rmdir(created)

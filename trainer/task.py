@@ -83,9 +83,6 @@ def main(argv=None):
 
     builder = input_pipeline.load_builder(args.data_dir, config["size"])
     plan = train.plan_run(builder, config)
-    if config["skip_corrupt_records"]:
-        for split in ("train", "validation"):
-            corrupt_data.log_skipped(PROG, builder, split)
 
     # Where: one device, a mirror, or every worker of TF_CONFIG (whose constructor waits for all of them).
     if cluster is not None:
@@ -94,6 +91,10 @@ def main(argv=None):
     if cluster is not None:
         stop.install()  # TensorFlow's coordination service took SIGTERM while the workers joined
         preemption.tell_supervisor_ready()
+    if config["skip_corrupt_records"]:
+        # Reading runs TensorFlow, which must come after the strategy (it configures TensorFlow's start).
+        for split in ("train", "validation"):
+            corrupt_data.log_skipped(PROG, builder, split)
     workers = cluster.size if cluster else 1
     chief = cluster is None or cluster.is_chief
     devices = list(strategy.extended.worker_devices)
@@ -124,7 +125,7 @@ def main(argv=None):
         data_service_job=f"moving_line_train_{hashlib.sha1(paths.model_dir.encode()).hexdigest()[:12]}",
     )
     if chief and state == "new":
-        loop.model.get_layer("cnn_lstm").summary(print_fn=lambda line, **_: log(line))
+        loop.model.get_layer("cnn_lstm").summary(print_fn=lambda text, **_: [log(line) for line in text.splitlines()])
     log(
         "fed each video's path, which RenderVideo draws into its frames on the training device; "
         + (
