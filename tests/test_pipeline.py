@@ -7,9 +7,9 @@ import os
 import pytest
 from conftest import SMALL, generate_args, run_command
 
-from pipeline import generator
+from pipeline import contract, generator
 
-VERSION = "1.1.0"
+VERSION = contract.VERSION
 
 # Run in a fresh interpreter that never imports this project: prints, per split, the count and a
 # hash of (label, video, path) in stored order, and whether any project module got imported.

@@ -16,6 +16,7 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from pipeline import contract
 from pipeline.cli import UsageError
 
 DATASET_NAME = "moving_line"
@@ -23,8 +24,20 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def load_builder(data_dir: str, size: int):
-    """The moving_line/size_<size> builder found in data_dir; a UsageError saying how to make it otherwise."""
-    name = f"{DATASET_NAME}/size_{size}"
+    """The moving_line/size_<size> builder found in data_dir; a UsageError saying how to make it otherwise.
+
+    A damaged build (metadata or a shard missing, a shard of the wrong size) raises
+    contract.DamagedDatasetError (one line, exit code 1) before TFDS reads anything.
+    """
+    name = contract.full_name(size)
+    folder = contract.dataset_folder(data_dir, size)
+    if tf.io.gfile.exists(folder):
+        info = contract.check_complete(folder)
+        if info.get("fileFormat", "tfrecord") != "tfrecord":
+            raise UsageError(
+                f"{folder} holds no TFRecord files (only {info['fileFormat']}), which tf.data reads; generate it with "
+                f"`python -m pipeline.generate --data_dir {data_dir} --size {size} --file_format tfrecord`"
+            )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, ValueError):
