@@ -21,8 +21,10 @@ import glob
 import io
 import logging
 import os
+import shlex
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -149,6 +151,26 @@ def beam_options(beam_args: list[str]):
             *beam_args,
         ]
     return PipelineOptions(beam_args)
+
+
+def local_runner(options):
+    """For the FnApiRunner with worker processes, a runner whose workers leave Ctrl-C to this command
+    (pipeline.local_worker); None for any other runner (Beam makes it from the options)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    direct = options.view_as(DirectOptions)
+    if options.get_all_options().get("runner") != "FnApiRunner" or direct.direct_running_mode != "multi_processing":
+        return None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms import environments
+
+    # Beam runs it through a shell: `exec` leaves no shell behind to die of Ctrl-C.
+    command = f"exec {shlex.quote(sys.executable)} -m pipeline.local_worker"
+    # Beam would replace this environment with its own worker command in multi_processing mode; the
+    # worker count still comes from direct_num_workers, and Beam's warning about the mode does not apply.
+    direct.direct_running_mode = "in_memory"
+    logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").setLevel(logging.ERROR)
+    return FnApiRunner(default_environment=environments.SubprocessSDKEnvironment.from_command_string(command))
 
 
 def is_dry_run(options) -> bool:
@@ -296,6 +318,10 @@ def signals_stop_workers():
             signal_number = signal.sigtimedwait(watched, 0.2)
             if signal_number is None:
                 continue
+            # The runner's threads in this process fail one after the other once the workers stop: their
+            # complaints are not news.
+            logging.disable(logging.CRITICAL)
+            threading.excepthook = lambda arguments: None
             workers = descendants(os.getpid())
             for pid in workers:
                 with contextlib.suppress(ProcessLookupError):
@@ -379,11 +405,12 @@ def plan_summary(plans) -> str:
 def main(argv=None):
     args, beam_args = parse_args(argv)
     cli.quiet_tensorflow()
-    # Local Beam workers forward a harmless warning each about a missing semi-persistent folder.
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # Local Beam workers forward their log lines here: a harmless warning each about a missing semi-persistent
+    # folder, and any error, which the runner raises here again with its traceback.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL + 1)
     options = beam_options(beam_args)
     dry_run = is_dry_run(options)
-    check_data_dir(args.data_dir, create=not dry_run)
+    check_data_dir(args.data_dir, create=False)
     runner = options.get_all_options().get("runner")
     num_workers = local_workers(options)
 
@@ -410,12 +437,6 @@ def main(argv=None):
         split: dataset_builder.num_shards_for(count, bytes_per_example, shard_config, balance)
         for split, count in counts.items()
     }
-    for split, shards in num_shards.items():
-        if shards > MAX_SHARDS_PER_SPLIT:
-            raise cli.UsageError(
-                f"{counts[split]:,} {split} examples would take {shards:,} shards, more than the "
-                f"{MAX_SHARDS_PER_SPLIT:,} TFDS's metadata can list; ask for fewer examples or set --num_shards"
-            )
     needed = estimate_bytes(counts, bytes_per_example, args.file_format)
     folder = contract.dataset_folder(args.data_dir, args.size)
     remote = "://" in args.data_dir
@@ -423,10 +444,17 @@ def main(argv=None):
     if not (dry_run and remote) and existing_build(folder, wanted, args) == "built":
         return 0
     check_free_space(args.data_dir, needed)
+    for split, shards in num_shards.items():
+        if shards > MAX_SHARDS_PER_SPLIT:
+            raise cli.UsageError(
+                f"{counts[split]:,} {split} examples would take {shards:,} shards, more than the "
+                f"{MAX_SHARDS_PER_SPLIT:,} TFDS's metadata can list; ask for fewer examples or set --num_shards"
+            )
 
     if dry_run:
         return dry_run_job(args, options, runner, counts, num_shards, needed, folder, remote)
 
+    check_data_dir(args.data_dir, create=True)
     config = contract.config_name(args.size)
     predefined = {config.name for config in dataset_builder.Builder.BUILDER_CONFIGS}
     builder = dataset_builder.Builder(
@@ -446,7 +474,9 @@ def main(argv=None):
     start = time.monotonic()
     import tensorflow_datasets as tfds
 
-    download_config = tfds.download.DownloadConfig(beam_options=options, num_shards=args.num_shards)
+    download_config = tfds.download.DownloadConfig(
+        beam_options=options, beam_runner=local_runner(options), num_shards=args.num_shards
+    )
     progress_folder = tempfile.mkdtemp(prefix="moving_line_progress_") if num_workers else None
     builder.progress_folder = progress_folder
     progress = ProgressReporter(progress_folder, counts) if progress_folder else contextlib.nullcontext()
