@@ -104,7 +104,7 @@ def _size_of(path: str) -> int:
 
 
 def rebuild_advice(folder: str) -> str:
-    return f"delete {folder} and run pipeline.generate again (or run it with the same settings: it rebuilds)"
+    return f"run pipeline.generate with the settings it was built with to rebuild it, or delete {folder}"
 
 
 def check_complete(folder: str) -> dict:

@@ -538,7 +538,7 @@ def existing_build(folder: str, wanted: dict, args) -> str | None:
         shards = {split["name"]: len(split.get("shardLengths", [])) for split in info["splits"]}
         if set(shards.values()) != {args.num_shards}:
             raise cli.UsageError(
-                f"{folder} already holds this dataset in {', '.join(f'{n} {s}' for s, n in shards.items())} shards; "
+                f"{folder} already holds this dataset (shards: {', '.join(f'{s} {n}' for s, n in shards.items())}); "
                 f"--num_shards {args.num_shards} cannot change a finished build: delete the folder to reshard it"
             )
     cli.log(PROG, f"{folder} already holds this dataset ({describe(wanted)}); nothing to do")
@@ -559,8 +559,12 @@ def dry_run_job(args, options, runner, counts, num_shards, needed, folder, remot
         import apache_beam as beam
 
         write = transforms.WriteShards(plans, args.seed, args.size, os.path.join(folder, "shards.json"))
-        with beam.Pipeline(options=options) as pipeline:
-            _ = pipeline | "WriteShards" >> write
+        try:
+            with beam.Pipeline(options=options) as pipeline:
+                _ = pipeline | "WriteShards" >> write
+        except ValueError as error:  # Beam's checks of the options, e.g. "Invalid Project ID"
+            problem = " ".join(str(error).split())
+            raise cli.UsageError(f"{runner} refused the options: {problem}") from None
         cli.log(PROG, f"dry run: {runner} built the whole job without running it; nothing written")
     else:
         cli.log(PROG, f"dry run: nothing written ({runner} runs jobs locally; drop --dry_run to build)")
