@@ -71,3 +71,27 @@ def test_write_shards_writes_each_index_range_in_order_in_every_format(tmp_path)
         assert all((tmp_path / name).stat().st_size == size for name, size in files.items())
     # Nothing else: no temporary files left beside the shards.
     assert len(list(tmp_path.iterdir())) == 2 * 4 + 1
+
+
+@pytest.mark.parametrize("size", [2, 8, 50, 255])
+@pytest.mark.parametrize("seed", [0, 11])
+def test_records_decode_to_the_generators_examples_exactly_as_tfds_serializes_them(size, seed):
+    from tensorflow_datasets.core import example_serializer
+
+    from pipeline import records
+
+    name = contract.config_name(size)
+    config = name if size in contract.PREDEFINED_COUNTS else dataset_builder.make_config(size)
+    features = dataset_builder.Builder(config=config, data_dir="/nonexistent").info.features
+    serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+    count = 2 if size == 255 else 40
+    expected = generator.generate(seed, "test", 10**9, count, size)
+    for index, record in enumerate(records.serialize_examples(seed, "test", 10**9, count, size)):
+        example = {name: expected[name][index] for name in ("video", "label", "path")}
+        # The same tf.train.Example as TFDS's own encoding and serializer (map order aside)...
+        tfds_record = serializer.serialize_example(features.encode_example(example))
+        assert tf.train.Example.FromString(record) == tf.train.Example.FromString(tfds_record)
+        # ...which decodes to the generator's example.
+        decoded = features.deserialize_example_np(record)
+        assert int(decoded["label"]) == int(example["label"])
+        assert (decoded["video"] == example["video"]).all() and (decoded["path"] == example["path"]).all()
