@@ -432,7 +432,7 @@ def main(argv=None):
 
     bytes_per_example = records.mean_record_bytes(args.seed, args.size)
     shard_config = shard_utils.ShardConfig(num_shards=args.num_shards)
-    balance = dataset_builder.balance_examples(sum(counts.values()), num_workers)
+    balance = dataset_builder.balance_examples(counts.values(), num_workers)
     num_shards = {
         split: dataset_builder.num_shards_for(count, bytes_per_example, shard_config, balance)
         for split, count in counts.items()

@@ -21,6 +21,24 @@ _MASK_DELTA = 0xA282EAD8
 ARRAY_RECORD_OPTIONS = "group_size:1"
 
 
+def keep_freed_memory():
+    """Has glibc keep freed memory for reuse instead of unmapping it.
+
+    Serializing a chunk makes numpy temporaries of a few MB each. Above 128 KiB glibc maps each one
+    fresh and unmaps it when freed, and the page faults cost more than the encoding itself
+    (BENCHMARKS.md). Raising the thresholds once keeps that memory for the next chunk. No-op off glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD in malloc.h
+    libc.mallopt(mmap_threshold, 64 << 20)
+    libc.mallopt(trim_threshold, 256 << 20)
+
+
 def varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:

@@ -89,6 +89,9 @@ class WriteShard(beam.DoFn):
     def __init__(self, seed: int, size: int, progress_folder: str | None = None):
         self._seed, self._size, self._progress_folder = seed, size, progress_folder
 
+    def setup(self):
+        records.keep_freed_memory()
+
     def process(self, plan: ShardPlan):
         from etils import epath
 

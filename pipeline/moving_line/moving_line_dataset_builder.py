@@ -25,10 +25,11 @@ DEFAULT_SEED = contract.DEFAULT_SEED
 # leave workers idle on a split of a few hundred MB; capping shards here spreads such a split.
 MAX_SHARD_BYTES = 64 << 20
 # A local runner hands each worker an equal number of shards, whatever their sizes: with several
-# shards per worker, all of about the same size, every worker gets about the same work.
+# shards per worker, all of about the same size (the smallest split's at most), every worker gets
+# about the same work.
 SHARDS_PER_WORKER = 8
-# Below this a shard is not worth splitting: a worker makes it in well under a second.
-MIN_SHARD_EXAMPLES = 10_000
+# Below this a shard is not worth splitting: a worker makes it in a fraction of a second.
+MIN_SHARD_EXAMPLES = 2_000
 # Written by the Beam job beside the shards: what each shard holds. Read, then deleted.
 SHARDS_FILE = "shards.json"
 
@@ -70,11 +71,12 @@ def num_shards_for(count: int, bytes_per_example: float, shard_config, balance_e
     return max(1, min(num_shards, count))
 
 
-def balance_examples(total_examples: int, num_workers: int | None) -> int | None:
+def balance_examples(counts, num_workers: int | None) -> int | None:
     """Examples per shard that give each of num_workers local workers several shards of about equal work."""
     if not num_workers:
         return None
-    return max(MIN_SHARD_EXAMPLES, -(-total_examples // (SHARDS_PER_WORKER * num_workers)))
+    per_worker = -(-sum(counts) // (SHARDS_PER_WORKER * num_workers))
+    return max(MIN_SHARD_EXAMPLES, min(per_worker, min(counts)))
 
 
 class Builder(FileReaderBuilder):
@@ -163,7 +165,7 @@ class Builder(FileReaderBuilder):
 
         bytes_per_example = bytes_per_example or self.bytes_per_example()
         counts = self.split_counts()
-        balance = balance_examples(sum(counts.values()), self.num_workers)
+        balance = balance_examples(counts.values(), self.num_workers)
         return [
             transforms.SplitPlan(
                 split,
