@@ -64,14 +64,18 @@ def children_cpu_seconds() -> float:
 def beam_job(code: str, num: int, size: int, formats: str) -> dict:
     """Runs pipeline.generate from the checkout in `code` into a temporary folder; its figures."""
     validation = test = max(1, num // 20)
-    with tempfile.TemporaryDirectory(prefix="bench_generate_") as data_dir:
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as work:
+        data_dir = os.path.join(work, "data")
         command = [
             sys.executable, "-m", "pipeline.generate", f"--data_dir={data_dir}", f"--size={size}",
             f"--num_train={num}", f"--num_validation={validation}", f"--num_test={test}",
         ]  # fmt: skip
         if formats != "tfrecord":
             command.append(f"--file_format={formats}")
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": code}
+        # Its own temporary folder: older releases leave empty ones behind.
+        temporary = os.path.join(work, "tmp")
+        os.mkdir(temporary)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": code, "TMPDIR": temporary}
         cpu_before, start = children_cpu_seconds(), time.perf_counter()
         process = subprocess.Popen(
             command, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True

@@ -137,7 +137,7 @@ class Builder(FileReaderBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = generator.check_size(self.builder_config.size)
-        return self.dataset_info_from_configs(
+        info = self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
                     # zlib keeps a 125 kB size-50 video under 400 bytes; TFDS decodes it in-graph.
@@ -154,6 +154,10 @@ class Builder(FileReaderBuilder):
             metadata=tfds.core.MetadataDict(self.settings()),
             homepage="https://machinelearningmastery.com/cnn-long-short-term-memory-networks/",
         )
+        # For a dataset not built yet, TFDS looks for published metadata in its own bucket, which never holds
+        # this dataset, and leaves an empty temporary folder behind each time.
+        info.initialize_from_bucket = lambda: None
+        return info
 
     def bytes_per_example(self) -> float:
         """Serialized bytes of an example, measured on a few: what the shard rule and the disk estimate need."""
