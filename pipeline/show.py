@@ -80,8 +80,11 @@ def load_sequences(dataset_folder: str, split: str, num: int):
     builder = tfds.builder_from_directory(dataset_folder)
     if split not in builder.info.splits:
         raise cli.UsageError(f"--split {split!r} not in the dataset; choose from {', '.join(builder.info.splits)}")
-    dataset = builder.as_dataset(split=split, shuffle_files=False).take(num)
-    examples = list(tfds.as_numpy(dataset))
+    if builder.info.file_format.value in contract.RANDOM_ACCESS_FORMATS:  # built without TFRecord files
+        source = builder.as_data_source(split=split)
+        examples = [source[index] for index in range(min(num, len(source)))]
+    else:
+        examples = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).take(num)))
     return [(example["video"][..., 0], int(example["label"])) for example in examples]
 
 

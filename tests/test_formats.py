@@ -153,6 +153,8 @@ def test_array_record_alone_serves_random_access_and_the_trainer_refuses_it_in_o
     script = READ_RANDOM_ACCESS.replace("tfrecord = [digest", "tfrecord = None and [digest")
     result = run_command("-c", script, str(tmp_path), contract.full_name(SETTINGS["size"]), check=True)
     assert json.loads(result.stdout.strip().splitlines()[-1])["by_index"] == expected_digests(SETTINGS)
+    show = run_command("-m", "pipeline.show", f"--data_dir={tmp_path}", "--num=2", f"--out={tmp_path}/x.png")
+    assert show.returncode == 0 and "drew 2 train sequences" in show.stderr, show.stderr[-2000:]
     result = run_command("-c", PROBE_TRAINER, str(tmp_path), str(SETTINGS["size"]))
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
