@@ -55,7 +55,13 @@ def parse_file_formats(text: str) -> tuple[str, ...]:
 
 
 def make_parser():
-    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = cli.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n")[0],
+        allow_abbrev=False,
+        epilog="Beam pipeline options may follow (--runner, --direct_num_workers, --project, --region, "
+        "--temp_location, --setup_file, ...; --dry_run=True plans without writing); anything else is refused.",
+    )
     parser.add_argument("--data_dir", required=True, help="TFDS data directory (local path or gs://...).")
     parser.add_argument(
         "--size", type=cli.non_negative_int, default=contract.DEFAULT_SIZE, help="Frame size S (S frames of SxS)."
@@ -65,7 +71,9 @@ def make_parser():
     )
     parser.add_argument("--num_validation", type=cli.positive_int, default=None, help="Validation examples.")
     parser.add_argument("--num_test", type=cli.positive_int, default=None, help="Test examples.")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=contract.DEFAULT_SEED, help="Random streams.")
+    parser.add_argument(
+        "--seed", type=cli.non_negative_int, default=contract.DEFAULT_SEED, help="Seed of the random streams."
+    )
     parser.add_argument(
         "--num_shards",
         type=cli.positive_int,
@@ -208,13 +216,17 @@ def check_data_dir(data_dir: str, create: bool):
         raise cli.UsageError(f"--data_dir {data_dir} cannot be created ({parent} is a file); give a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise cli.UsageError(f"--data_dir {data_dir} is not writable; give a writable directory")
-    if create:
-        try:
-            os.makedirs(data_dir, exist_ok=True)
-        except OSError as error:
-            raise cli.UsageError(
-                f"--data_dir {data_dir} cannot be created ({error.strerror}); give a writable directory"
-            ) from None
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as error:
+        raise cli.UsageError(
+            f"--data_dir {data_dir} cannot be created ({error.strerror}); give a writable directory"
+        ) from None
+    if not create:  # it could be made: take it away again until there is something to write
+        path = os.path.abspath(data_dir)
+        while path != parent:
+            os.rmdir(path)
+            path = os.path.dirname(path)
 
 
 def describe(settings: dict) -> str:

@@ -221,25 +221,11 @@ def test_tfds_build_builds_a_predefined_config(tmp_path):
 
 def test_a_killed_run_leaves_no_dataset_and_the_same_command_then_completes_it(tmp_path):
     import glob
-    import signal
-    import subprocess
-    import sys
-    import time
 
-    from conftest import REPO
-
-    settings = {"size": 16, "num_train": 40_000, "num_validation": 300, "num_test": 300, "seed": 2}
-    command = [sys.executable, *generate_args(tmp_path, settings)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    settings = {"size": 16, "num_train": 120_000, "num_validation": 300, "num_test": 300, "seed": 2}
     config_folder = tmp_path / "moving_line" / "size_16"
-    # Its own process group, so that the Beam worker processes die with it.
-    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not glob.glob(str(config_folder / "incomplete.*")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(5)  # well into generation
-    assert process.poll() is None, "the run ended before it could be killed; make it bigger"
-    os.killpg(process.pid, signal.SIGKILL)
+    process, signal = run_until_writing(generate_args(tmp_path, settings), config_folder)
+    os.killpg(process.pid, signal.SIGKILL)  # no chance to clean up
     process.wait()
 
     assert glob.glob(str(config_folder / "incomplete.*")) and not (config_folder / VERSION).exists()
@@ -365,6 +351,8 @@ def test_a_damaged_build_is_refused_by_readers_and_rebuilt_by_generate(tiny_data
     folder = dataset_folder(data_dir, 8)
     DAMAGES[damage](folder)
     for name, reader in READERS.items():
+        if name == "trainer" and damage == "shard truncated":
+            continue  # the trainer finds it when reading, names the bad record and can skip (test_reliability.py)
         result = run_command(*reader(data_dir, tmp_path))
         assert result.returncode == 1, (name, result.stderr[-3000:])
         assert "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -26,13 +26,14 @@ AUTOTUNE = tf.data.AUTOTUNE
 def load_builder(data_dir: str, size: int):
     """The moving_line/size_<size> builder found in data_dir; a UsageError saying how to make it otherwise.
 
-    A damaged build (metadata or a shard missing, a shard of the wrong size) raises
-    contract.DamagedDatasetError (one line, exit code 1) before TFDS reads anything.
+    A damaged build (metadata missing or unreadable, a shard missing) raises contract.DamagedDatasetError
+    (one line, exit code 1) before TFDS reads anything. Shards cut short or corrupt inside are found
+    when read (trainer.corrupt_data names them; skip_corrupt_records reads what is left).
     """
     name = contract.full_name(size)
     folder = contract.dataset_folder(data_dir, size)
     if tf.io.gfile.exists(folder):
-        info = contract.check_complete(folder)
+        info = contract.check_complete(folder, check_sizes=False)
         if info.get("fileFormat", "tfrecord") != "tfrecord":
             raise UsageError(
                 f"{folder} holds no TFRecord files (only {info['fileFormat']}), which tf.data reads; generate it with "
