@@ -15,26 +15,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import fcntl
 import glob
 import io
 import logging
 import os
-import shlex
 import shutil
-import signal
-import sys
 import tempfile
 import threading
 import time
 
-from pipeline import cli, contract, generator, records
+from pipeline import beam_options, cli, contract, generator, local_runner, records
 
 PROG = "pipeline.generate"
 PROGRESS_SECONDS = 5.0
 PROGRESS_MAX_SECONDS = 30.0
-LOCAL_RUNNERS = {None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 # TFDS writes one entry per shard into dataset_info.json: past this it would take hundreds of MB.
 MAX_SHARDS_PER_SPLIT = 1_000_000
 # Besides the shards: dataset_info.json, features.json, metadata.json and the filesystem's blocks.
@@ -90,43 +85,6 @@ def make_parser():
     return parser
 
 
-class _BeamFlagParser:
-    """Beam's own parser of every pipeline option, to tell Beam's flags from typos."""
-
-    def __init__(self):
-        from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-        class Parser(_BeamArgumentParser):
-            def error(self, message):
-                raise cli.UsageError(f"Beam option: {message}")
-
-        self.parser = Parser(allow_abbrev=False, add_help=False)
-        classes = {}
-        for cls in PipelineOptions.__subclasses__():
-            classes.setdefault(str(cls), cls)
-        for cls in classes.values():
-            cls._add_argparse_args(self.parser)  # noqa: SLF001 - what PipelineOptions.get_all_options does
-
-    def flags(self) -> list[str]:
-        return [flag for action in self.parser._actions for flag in action.option_strings]  # noqa: SLF001
-
-    def unknown(self, beam_args: list[str]) -> list[str]:
-        _, unknown = self.parser.parse_known_args(beam_args)
-        return unknown
-
-
-def check_beam_args(beam_args: list[str], own_flags: list[str]):
-    """Refuses anything that is neither one of our flags nor a Beam pipeline option, suggesting the closest."""
-    beam = _BeamFlagParser()
-    for arg in beam.unknown(beam_args):
-        if not arg.startswith("-"):
-            raise cli.UsageError(f"unexpected argument {arg!r}; Beam options look like --name=value")
-        flag = arg.split("=", 1)[0]
-        close = difflib.get_close_matches(flag, own_flags + beam.flags(), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else "; see --help for this command's flags"
-        raise cli.UsageError(f"unknown flag {flag} (neither this command's nor a Beam pipeline option){hint}")
-
-
 def parse_args(argv=None):
     parser = make_parser()
     args, beam_args = parser.parse_known_args(argv)
@@ -137,7 +95,7 @@ def parse_args(argv=None):
     if args.seed >= 2**63:
         raise cli.UsageError(f"--seed must be below 2**63, got {args.seed}")
     own_flags = [flag for action in parser._actions for flag in action.option_strings]  # noqa: SLF001
-    check_beam_args(beam_args, own_flags)
+    beam_options.check_beam_args(beam_args, own_flags)
     if "://" in args.data_dir and "array_record" in args.file_format:
         # TFDS's ArrayRecord writer fails on gs:// (tensorflow/datasets#10981).
         raise cli.UsageError(
@@ -145,57 +103,6 @@ def parse_args(argv=None):
             f"{args.data_dir.split('://')[0]}:// yet); write tfrecord there and convert with `tfds convert_format`"
         )
     return args, beam_args
-
-
-def beam_options(beam_args: list[str]):
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    if not any(arg.startswith("--runner") for arg in beam_args):
-        # FnApiRunner: Beam's local runner without the Prism download attempt, one process per core.
-        beam_args = [
-            "--runner=FnApiRunner",
-            f"--direct_num_workers={os.cpu_count() or 1}",
-            "--direct_running_mode=multi_processing",
-            *beam_args,
-        ]
-    return PipelineOptions(beam_args)
-
-
-def local_runner(options):
-    """For the FnApiRunner with worker processes, a runner whose workers leave Ctrl-C to this command
-    (pipeline.local_worker); None for any other runner (Beam makes it from the options)."""
-    from apache_beam.options.pipeline_options import DirectOptions
-
-    direct = options.view_as(DirectOptions)
-    if options.get_all_options().get("runner") != "FnApiRunner" or direct.direct_running_mode != "multi_processing":
-        return None
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-    from apache_beam.transforms import environments
-
-    # Beam runs it through a shell: `exec` leaves no shell behind to die of Ctrl-C.
-    command = f"exec {shlex.quote(sys.executable)} -m pipeline.local_worker"
-    # Beam would replace this environment with its own worker command in multi_processing mode; the
-    # worker count still comes from direct_num_workers, and Beam's warning about the mode does not apply.
-    direct.direct_running_mode = "in_memory"
-    logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").setLevel(logging.ERROR)
-    return FnApiRunner(default_environment=environments.SubprocessSDKEnvironment.from_command_string(command))
-
-
-def is_dry_run(options) -> bool:
-    """--dry_run=True: plan (and for Dataflow, build the whole job) without writing anything."""
-    from apache_beam.options.pipeline_options import TestOptions
-
-    return str(options.view_as(TestOptions).dry_run).lower() in {"true", "1"}
-
-
-def local_workers(options) -> int | None:
-    """How many worker processes a local runner will use (None for a remote runner)."""
-    from apache_beam.options.pipeline_options import DirectOptions
-
-    if options.get_all_options().get("runner") not in LOCAL_RUNNERS:
-        return None
-    workers = options.view_as(DirectOptions).direct_num_workers
-    return (os.cpu_count() or 1) if workers == 0 else max(1, workers or 1)
 
 
 def existing_ancestor(path: str) -> str:
@@ -293,72 +200,6 @@ def exclusive_build(config_folder: str):
         yield
 
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as file:
-                    parent = int(file.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-@contextlib.contextmanager
-def signals_stop_workers():
-    """SIGINT and SIGTERM stop the Beam workers first, then unwind this process as usual.
-
-    Beam's local worker processes share the terminal's process group, so Ctrl-C would reach each
-    of them and each would print its own traceback. The signals are blocked in this thread while the
-    job runs: the worker processes and threads started meanwhile inherit the block, so only the
-    watcher below takes them. It kills the workers (their half-written files are in TFDS's
-    incomplete folder, which the unwinding deletes), then raises the signal in the main thread.
-    """
-    watched = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    done = threading.Event()
-
-    def watch():
-        while not done.is_set():
-            signal_number = signal.sigtimedwait(watched, 0.2)
-            if signal_number is None:
-                continue
-            # The runner's threads in this process fail one after the other once the workers stop: their
-            # complaints are not news.
-            logging.disable(logging.CRITICAL)
-            threading.excepthook = lambda arguments: None
-            workers = descendants(os.getpid())
-            for pid in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:
-                for pid in workers:
-                    with contextlib.suppress(ChildProcessError, OSError):
-                        os.waitpid(pid, os.WNOHANG)
-                time.sleep(0.05)
-            import _thread
-
-            _thread.interrupt_main(signal_number.si_signo)
-            return
-
-    watcher = threading.Thread(target=watch, name="signal-watcher", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watcher.join()
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 class ProgressReporter:
     """Prints examples made so far, read from the marker files the Beam workers leave."""
 
@@ -420,11 +261,11 @@ def main(argv=None):
     # Local Beam workers forward their log lines here: a harmless warning each about a missing semi-persistent
     # folder, and any error, which the runner raises here again with its traceback.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL + 1)
-    options = beam_options(beam_args)
-    dry_run = is_dry_run(options)
+    options = beam_options.make_options(beam_args)
+    dry_run = beam_options.is_dry_run(options)
     check_data_dir(args.data_dir, create=False)
     runner = options.get_all_options().get("runner")
-    num_workers = local_workers(options)
+    num_workers = beam_options.local_workers(options)
 
     counts = contract.default_counts(args.size)
     for split in contract.SPLITS:
@@ -487,7 +328,7 @@ def main(argv=None):
     import tensorflow_datasets as tfds
 
     download_config = tfds.download.DownloadConfig(
-        beam_options=options, beam_runner=local_runner(options), num_shards=args.num_shards
+        beam_options=options, beam_runner=local_runner.runner_for(options), num_shards=args.num_shards
     )
     progress_folder = tempfile.mkdtemp(prefix="moving_line_progress_") if num_workers else None
     builder.progress_folder = progress_folder
@@ -496,7 +337,7 @@ def main(argv=None):
         with (
             exclusive_build(contract.config_folder(args.data_dir, args.size)),
             progress,
-            signals_stop_workers(),
+            local_runner.signals_stop_workers(),
             contextlib.redirect_stdout(io.StringIO()),  # TFDS prints "Downloading and preparing..." there
         ):
             builder.download_and_prepare(download_config=download_config)
@@ -567,7 +408,7 @@ def dry_run_job(args, options, runner, counts, num_shards, needed, folder, remot
     ]
     where = "" if remote else f" ({human_bytes(shutil.disk_usage(existing_ancestor(args.data_dir)).free)} free)"
     cli.log(PROG, f"dry run: {plan_summary(plans)}, about {human_bytes(needed)} into {folder}{where}")
-    if runner not in LOCAL_RUNNERS:
+    if runner not in beam_options.LOCAL_RUNNERS:
         import apache_beam as beam
 
         write = transforms.WriteShards(plans, args.seed, args.size, os.path.join(folder, "shards.json"))
