@@ -246,7 +246,7 @@ def is_no_space(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return True
     text = str(error)
-    return "No space left on device" in text or "[Errno 28]" in text or "RESOURCE_EXHAUSTED" in text and "space" in text
+    return "No space left on device" in text or "[Errno 28]" in text
 
 
 def plan_summary(plans) -> str:
