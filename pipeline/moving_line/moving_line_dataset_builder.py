@@ -25,8 +25,9 @@ DEFAULT_SEED = contract.DEFAULT_SEED
 # leave workers idle on a split of a few hundred MB; capping shards here spreads such a split.
 MAX_SHARD_BYTES = 64 << 20
 # A local runner hands each worker an equal number of shards, whatever their sizes: with several
-# shards per worker, all of about the same size (the smallest split's at most), every worker gets
-# about the same work.
+# shards per worker, all of about the same size, every worker gets about the same work. A split a
+# little smaller than that size sets it (so that its one shard is as big as the others'); a much
+# smaller split is too little work to matter.
 SHARDS_PER_WORKER = 8
 # Below this a shard is not worth splitting: a worker makes it in a fraction of a second.
 MIN_SHARD_EXAMPLES = 2_000
@@ -75,8 +76,12 @@ def balance_examples(counts, num_workers: int | None) -> int | None:
     """Examples per shard that give each of num_workers local workers several shards of about equal work."""
     if not num_workers:
         return None
-    per_worker = -(-sum(counts) // (SHARDS_PER_WORKER * num_workers))
-    return max(MIN_SHARD_EXAMPLES, min(per_worker, min(counts)))
+    counts = list(counts)
+    size = -(-sum(counts) // (SHARDS_PER_WORKER * num_workers))
+    smallest = min(counts)
+    if size // 4 <= smallest < size:
+        size = smallest
+    return max(MIN_SHARD_EXAMPLES, size)
 
 
 class Builder(FileReaderBuilder):
