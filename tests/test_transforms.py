@@ -95,3 +95,17 @@ def test_records_decode_to_the_generators_examples_exactly_as_tfds_serializes_th
         decoded = features.deserialize_example_np(record)
         assert int(decoded["label"]) == int(example["label"])
         assert (decoded["video"] == example["video"]).all() and (decoded["path"] == example["path"]).all()
+
+
+@pytest.mark.parametrize(
+    "counts, workers, expected",
+    [
+        ((1_000_000, 50_000, 50_000), 2, 50_000),  # 5% splits set the size: 22 equal shards, 11 per worker
+        ((100_000, 5_000, 5_000), 2, 5_000),
+        ((150_000, 300, 300), 2, 9_413),  # tiny splits do not shrink the others' shards
+        ((1024, 256, 256), 2, dataset_builder.MIN_SHARD_EXAMPLES),
+        ((1_000_000, 50_000, 50_000), None, None),  # a remote runner balances by itself
+    ],
+)
+def test_local_shards_are_of_about_equal_size_with_several_per_worker(counts, workers, expected):
+    assert dataset_builder.balance_examples(counts, workers) == expected
