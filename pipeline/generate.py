@@ -418,7 +418,7 @@ def dry_run_job(args, options, runner, counts, num_shards, needed, folder, remot
         except ValueError as error:  # Beam's checks of the options, e.g. "Invalid Project ID"
             problem = " ".join(str(error).split())
             raise cli.UsageError(f"{runner} refused the options: {problem}") from None
-        cli.log(PROG, f"dry run: {runner} built the whole job without running it; nothing written")
+        cli.log(PROG, f"dry run: {runner} built the job without running it; nothing written")
     else:
         cli.log(PROG, f"dry run: nothing written ({runner} runs jobs locally; drop --dry_run to build)")
     return 0
