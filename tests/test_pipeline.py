@@ -312,7 +312,9 @@ def test_a_dataflow_dry_run_builds_the_job_offline_for_a_gs_data_dir(tmp_path):
     # Billions of sequences: the plan is one element per split, expanded into shards by the workers.
     result = run_command("-m", "pipeline.generate", "--data_dir=gs://moving-line-no-such-bucket/data", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "train 2,000,000,000 in" in result.stderr and "DataflowRunner built the job without running it" in result.stderr
+    assert (
+        "train 2,000,000,000 in" in result.stderr and "DataflowRunner built the job without running it" in result.stderr
+    )
 
 
 DAMAGES = {
