@@ -3,8 +3,8 @@
 Every shard is one element: the worker that takes it generates the shard's index range
 chunk by chunk, serializes each example once and streams the records into the shard's
 file in every requested format. No example ever travels through a shuffle, so memory
-stays flat however many examples there are, and shard i of a split always holds the same
-examples in the same order, whatever the runner or the number of workers. The shards of a
+stays flat however many examples there are, and shard i of a given plan always holds the
+same examples in the same order, whatever the runner or the number of workers. The shards of a
 split are expanded from one small element by the workers, so a plan of millions of shards
 never sits in the launching process's memory.
 
