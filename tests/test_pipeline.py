@@ -222,7 +222,7 @@ def test_tfds_build_builds_a_predefined_config(tmp_path):
 def test_a_killed_run_leaves_no_dataset_and_the_same_command_then_completes_it(tmp_path):
     import glob
 
-    settings = {"size": 16, "num_train": 120_000, "num_validation": 300, "num_test": 300, "seed": 2}
+    settings = {"size": 16, "num_train": 40_000, "num_validation": 300, "num_test": 300, "seed": 2}
     config_folder = tmp_path / "moving_line" / "size_16"
     process, signal = run_until_writing(generate_args(tmp_path, settings), config_folder)
     os.killpg(process.pid, signal.SIGKILL)  # no chance to clean up
@@ -414,7 +414,7 @@ def test_ctrl_c_or_sigterm_midway_leave_one_line_no_dataset_and_the_same_command
     import subprocess
     import time
 
-    settings = {"size": 16, "num_train": 120_000, "num_validation": 300, "num_test": 300, "seed": 3}
+    settings = {"size": 16, "num_train": 40_000, "num_validation": 300, "num_test": 300, "seed": 3}
     config_folder = tmp_path / "moving_line" / "size_16"
     process, signal = run_until_writing(generate_args(tmp_path, settings), config_folder)
     signal_number = getattr(signal, signal_name)
@@ -431,7 +431,7 @@ def test_ctrl_c_or_sigterm_midway_leave_one_line_no_dataset_and_the_same_command
     time.sleep(0.5)
     assert f"{tmp_path}" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     again = run_command(*generate_args(tmp_path, settings), check=True)  # the lock was released
-    assert "done: 120,600 examples" in again.stderr
+    assert "done: 40,600 examples" in again.stderr
     assert not list(config_folder.glob("incomplete.*"))
 
 
