@@ -330,17 +330,22 @@ def main(argv=None):
     download_config = tfds.download.DownloadConfig(
         beam_options=options, beam_runner=local_runner.runner_for(options), num_shards=args.num_shards
     )
-    progress_folder = tempfile.mkdtemp(prefix="moving_line_progress_") if num_workers else None
-    builder.progress_folder = progress_folder
-    progress = ProgressReporter(progress_folder, counts) if progress_folder else contextlib.nullcontext()
+    config_folder = contract.config_folder(args.data_dir, args.size)
+    progress_folder = None
     try:
-        with (
-            exclusive_build(contract.config_folder(args.data_dir, args.size)),
-            progress,
-            local_runner.signals_stop_workers(),
-            contextlib.redirect_stdout(io.StringIO()),  # TFDS prints "Downloading and preparing..." there
-        ):
-            builder.download_and_prepare(download_config=download_config)
+        with exclusive_build(config_folder):
+            if num_workers:
+                # Beside the build, named like TFDS's incomplete folders: a killed run's is cleared with them.
+                where = None if "://" in config_folder else config_folder
+                progress_folder = tempfile.mkdtemp(prefix="incomplete.progress-", dir=where)
+                builder.progress_folder = progress_folder
+            progress = ProgressReporter(progress_folder, counts) if progress_folder else contextlib.nullcontext()
+            with (
+                progress,
+                local_runner.signals_stop_workers(),
+                contextlib.redirect_stdout(io.StringIO()),  # TFDS prints "Downloading and preparing..." there
+            ):
+                builder.download_and_prepare(download_config=download_config)
     except Exception as error:
         if is_no_space(error):
             raise cli.FaultError(
