@@ -30,10 +30,23 @@ setup(
         # tensorflow-datasets uses these without declaring them.
         "importlib_resources>=6",
         "mlcroissant>=1.0",  # the `tfds` command line
+        "array_record>=0.8",  # the ArrayRecord files (tfds.data_source reads them)
+        "google-crc32c>=1.5",  # the TFRecord files' checksums, written without TensorFlow
     ],
     extras_require={
         "gcp": [f"{BEAM.replace('apache-beam', 'apache-beam[gcp]')}"],
         "and-cuda": [TENSORFLOW.replace("tensorflow", "tensorflow[and-cuda]")],
-        "test": ["pytest>=8", "dill>=0.3", "hypothesis>=6.100", "scipy>=1.11", "ruff>=0.6", "build>=1.2"],
+        # grain and torch: the tests read the ArrayRecord files as JAX and PyTorch users would. torch 2.13.0 is the
+        # CPU build; an unpinned torch would pull a CUDA build of several GB.
+        "test": [
+            "pytest>=8",
+            "dill>=0.3",
+            "hypothesis>=6.100",
+            "scipy>=1.11",
+            "ruff>=0.6",
+            "build>=1.2",
+            "grain>=0.2.18",
+            "torch==2.13.0",
+        ],
     },
 )

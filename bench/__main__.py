@@ -12,6 +12,7 @@ import sys
 # name -> module whose main(argv) runs it.
 BENCHMARKS = {
     "generate": "bench.generate",
+    "formats": "bench.formats",
     "input": "bench.input",
     "feed": "bench.feed",
     "accuracy": "bench.accuracy",

@@ -10,6 +10,7 @@ many times longer the tutorial's recipe takes than configs/default.yaml.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -62,7 +63,12 @@ def run_config(name: str, work: str) -> dict:
 
 def main(argv):
     args = parse_args(argv)
-    work = args.work or tempfile.mkdtemp(prefix="bench_accuracy_")
+    with contextlib.ExitStack() as stack:
+        work = args.work or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_accuracy_"))
+        return measure(args, work)
+
+
+def measure(args, work: str) -> int:
     results = {"benchmark": "accuracy", "target": args.target, "cpus": os.cpu_count(), "configs": {}}
     for name in args.configs.split(","):
         print(f"bench accuracy: {name} ...", flush=True)

@@ -1,17 +1,27 @@
-"""Generation speed, side by side: the tutorial's loop, our generator alone, the whole Beam job.
+"""Generation speed, side by side: the tutorial's loop, the generator, the encoder, the whole Beam job.
 
-    python -m bench generate [--num 100000] [--size 50]
+    python -m bench generate [--num 100000,1000000] [--size 50] [--baseline GIT_REF] [--formats tfrecord]
 
-The Beam job is `python -m pipeline.generate` with its defaults (FnApiRunner, one process
-per core) into a temporary folder; its peak memory is summed over all its processes.
+Each stage on one core (CPU time): the tutorial's per-pixel loop; the generator drawing paths
+alone and drawing the 125 kB videos too; the zlib encoder from the drawn videos (one video at a
+time, as the previous release did) and from the paths (a batch at a time, as the Beam workers do),
+and zlib itself; the serialized records. Then the whole job, `python -m pipeline.generate` with
+its defaults (FnApiRunner, one process per core), for each --num training examples plus 5%
+validation and 5% test, start-up included, into a temporary folder: seconds, sequences per second,
+CPU utilisation (CPU time of all its processes over the wall time; 200% is two busy cores), peak
+memory of all its processes, bytes per sequence on disk and shards. --baseline GIT_REF runs the
+same job from that commit too (exported with `git archive` into a temporary folder), alternating
+with this checkout, so both see the same machine load. Ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -20,13 +30,15 @@ import zlib
 
 from bench.memory import PeakTreeMemory
 from bench.tutorial_generator import generate_examples
-from pipeline import generator
+from pipeline import cli, contract, generator, records, video_codec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def rate(function, count: int) -> float:
-    start = time.perf_counter()
+def cpu_rate(function, count: int) -> float:
+    start = time.process_time()
     function()
-    return count / (time.perf_counter() - start)
+    return count / (time.process_time() - start)
 
 
 def machine() -> str:
@@ -36,80 +48,153 @@ def machine() -> str:
             model = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()}"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()}"
 
 
-def beam_job(num: int, size: int) -> dict:
+def load() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def beam_job(code: str, num: int, size: int, formats: str) -> dict:
+    """Runs pipeline.generate from the checkout in `code` into a temporary folder; its figures."""
     validation = test = max(1, num // 20)
-    with tempfile.TemporaryDirectory(prefix="bench_generate_") as data_dir:
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as work:
+        data_dir = os.path.join(work, "data")
         command = [
             sys.executable, "-m", "pipeline.generate", f"--data_dir={data_dir}", f"--size={size}",
             f"--num_train={num}", f"--num_validation={validation}", f"--num_test={test}",
         ]  # fmt: skip
-        start = time.perf_counter()
-        # Its progress lines go straight to our stderr.
-        process = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        if formats != "tfrecord":
+            command.append(f"--file_format={formats}")
+        # Its own temporary folder: older releases leave empty ones behind.
+        temporary = os.path.join(work, "tmp")
+        os.mkdir(temporary)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": code, "TMPDIR": temporary}
+        cpu_before, start = children_cpu_seconds(), time.perf_counter()
+        process = subprocess.Popen(
+            command, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         with PeakTreeMemory(process.pid) as peak:
-            process.wait()
+            _, stderr = process.communicate()
         seconds = time.perf_counter() - start
+        cpu = children_cpu_seconds() - cpu_before
         if process.returncode != 0:
-            raise RuntimeError(f"pipeline.generate failed with exit code {process.returncode}")
-        folder = os.path.join(data_dir, "moving_line", f"size_{size}", "1.0.0")
-        files = [name for name in os.listdir(folder) if ".tfrecord" in name]
-        disk = sum(os.path.getsize(os.path.join(folder, name)) for name in files)
+            raise RuntimeError(f"pipeline.generate in {code} failed ({process.returncode}): {stderr[-2000:]}")
+        # The version folder is whatever that checkout builds: no version is assumed here.
+        (folder,) = glob.glob(os.path.join(contract.config_folder(data_dir, size), "*", contract.INFO_FILE))
+        folder = os.path.dirname(folder)
+        on_disk = {}
+        for name in os.listdir(folder):
+            for file_format in contract.FILE_FORMATS:
+                if f".{file_format}-" in name:
+                    on_disk.setdefault(file_format, []).append(os.path.getsize(os.path.join(folder, name)))
     total = num + validation + test
-    return {
+    figures = {
         "examples": total,
         "seconds": round(seconds, 1),
         "seq_per_s": round(total / seconds),
-        "bytes_per_seq_on_disk": round(disk / total, 1),
-        "shards": len(files),
+        "cpu_percent": round(100 * cpu / seconds),
         "peak_memory_mb_all_processes": round(peak.bytes / 2**20),
+        "shards": len(on_disk.get("tfrecord", on_disk.get("array_record", []))),
     }
+    for file_format, sizes in on_disk.items():
+        figures[f"{file_format}_bytes_per_seq"] = round(sum(sizes) / total, 1)
+    return figures
+
+
+def export_baseline(ref: str, folder: str) -> str:
+    """The tree of commit `ref` of this repository, exported into folder."""
+    archive = subprocess.run(["git", "-C", REPO, "archive", ref], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise cli.UsageError(f"--baseline {ref}: {archive.stderr.decode().strip() or 'git archive failed'}")
+    subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+    return folder
+
+
+def stages(size: int) -> dict:
+    """Sequences per second of each stage on one core (CPU time), with memory kept as the Beam workers keep it."""
+    records.keep_freed_memory()
+    tutorial_count = 100 if size >= 32 else 300
+    figures = {"tutorial_loop": cpu_rate(lambda: generate_examples(size, tutorial_count), tutorial_count)}
+    chunk, chunks = 1024, 8
+    figures["generator_paths"] = cpu_rate(
+        lambda: [generator.make_paths(0, "train", i * chunk, chunk, size) for i in range(chunks)], chunk * chunks
+    )
+    small, small_chunks = 256, 4  # the drawn videos take 125 kB each at size 50
+    figures["generator_videos"] = cpu_rate(
+        lambda: [generator.generate(0, "train", i * small, small, size) for i in range(small_chunks)],
+        small * small_chunks,
+    )
+    labels, rows = generator.make_paths(0, "train", 0, chunk, size)
+    videos = generator.render(labels[:small], rows[:small])
+    figures["zlib_level_6_from_videos"] = cpu_rate(lambda: [zlib.compress(video.tobytes()) for video in videos], small)
+    figures["encoder_from_videos"] = cpu_rate(lambda: [video_codec.compress_video(video) for video in videos], small)
+    figures["encoder_from_paths"] = cpu_rate(
+        lambda: [video_codec.compress_paths(labels, rows) for _ in range(chunks)], chunk * chunks
+    )
+    figures["records_from_seeds"] = cpu_rate(
+        lambda: [records.serialize_examples(0, "train", i * chunk, chunk, size) for i in range(chunks)],
+        chunk * chunks,
+    )
+    return {name: round(value) for name, value in figures.items()}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="bench generate", description=__doc__.split("\n")[0])
+    parser.add_argument("--num", default="100000", help="Comma-separated training counts for the Beam job.")
+    parser.add_argument("--size", type=cli.positive_int, default=contract.DEFAULT_SIZE)
+    parser.add_argument("--baseline", default=None, help="A git commit or tag to run side by side (e.g. the release).")
+    parser.add_argument("--formats", default="tfrecord", help="--file_format for this checkout's job.")
+    args = parser.parse_args(argv)
+    try:
+        args.num = [int(num) for num in args.num.split(",")]
+    except ValueError:
+        parser.error(f"--num takes whole numbers separated by commas, got {args.num!r}")
+    return args
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="bench generate")
-    parser.add_argument("--num", type=int, default=100_000, help="Training examples for the Beam job.")
-    parser.add_argument("--size", type=int, default=50)
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     size = args.size
-    print(f"bench generate: size {size} on {machine()}", flush=True)
-
-    tutorial_count = 300
-    tutorial = rate(lambda: generate_examples(size, tutorial_count), tutorial_count)
-    tutorial_bytes = generate_examples(size, 1)[0].nbytes
-    print(f"  tutorial loop:      {tutorial:9,.0f} seq/s, {tutorial_bytes / 2**20:.2f} MiB per sequence in memory")
-
-    chunk, chunks = 256, 40
-    ours = rate(lambda: [generator.generate(0, "train", i * chunk, chunk, size) for i in range(chunks)], chunk * chunks)
-    print(f"  our generator:      {ours:9,.0f} seq/s on one core ({ours / tutorial:.0f}x the tutorial)")
-
-    videos = generator.generate(0, "train", 0, 500, size)["video"]
-    compress = rate(lambda: [zlib.compress(video.tobytes()) for video in videos], len(videos))
-    print(f"  zlib (TFDS level):  {compress:9,.0f} seq/s on one core (TFDS compresses each video this way)")
-
-    print(f"  Beam job: {args.num:,} train + 5% validation + 5% test into TFRecords...", flush=True)
-    job = beam_job(args.num, size)
-    print(
-        f"  Beam job:           {job['seq_per_s']:9,.0f} seq/s end to end ({job['seconds']} s, start-up included), "
-        f"{job['bytes_per_seq_on_disk']} bytes/seq on disk, {job['shards']} shards, "
-        f"peak {job['peak_memory_mb_all_processes']:,} MB over all processes"
-    )
-    figures = {
-        "benchmark": "generate",
-        "machine": machine(),
-        "size": size,
-        "tutorial_seq_per_s": round(tutorial),
-        "tutorial_mib_per_seq_in_memory": round(tutorial_bytes / 2**20, 2),
-        "generator_seq_per_s": round(ours),
-        "zlib_seq_per_s_one_core": round(compress),
-        "beam_job": job,
-        "generator_over_tutorial": round(ours / tutorial, 1),
-        "beam_job_over_tutorial": round(job["seq_per_s"] / tutorial, 1),
-    }
-    print(json.dumps(figures))
-    return figures
+    print(f"bench generate: size {size} on {machine()}; load {load()}", flush=True)
+    per_stage = stages(size)
+    tutorial = per_stage["tutorial_loop"]
+    for name, value in per_stage.items():
+        print(f"  {name.replace('_', ' '):<26} {value:9,} seq/s on one core ({value / tutorial:,.1f}x the tutorial)")
+    results = {"benchmark": "generate", "machine": machine(), "size": size, "one_core_seq_per_s": per_stage}
+    results["jobs"] = []
+    with tempfile.TemporaryDirectory(prefix="bench_generate_baseline_") as baseline_folder:
+        checkouts = {"this": REPO}
+        if args.baseline:
+            checkouts = {f"baseline {args.baseline}": export_baseline(args.baseline, baseline_folder), **checkouts}
+        for num in args.num:
+            row = {"num_train": num, "load_before": load()}
+            for name, code in checkouts.items():
+                print(f"  Beam job ({name}): {num:,} train + 5% validation + 5% test...", flush=True)
+                formats = args.formats if name == "this" else "tfrecord"
+                job = beam_job(code, num, size, formats)
+                row[name] = job
+                print(
+                    f"    {job['seq_per_s']:9,} seq/s end to end ({job['seconds']} s, start-up included), "
+                    f"CPU {job['cpu_percent']}%, peak {job['peak_memory_mb_all_processes']:,} MB, "
+                    + ", ".join(f"{key} {value}" for key, value in job.items() if key.endswith("bytes_per_seq"))
+                    + f", {job['shards']} shards",
+                    flush=True,
+                )
+            if args.baseline:
+                baseline = row[f"baseline {args.baseline}"]
+                row["speedup"] = round(row["this"]["seq_per_s"] / baseline["seq_per_s"], 2)
+                print(f"    this checkout: {row['speedup']}x the baseline's sequences per second")
+            row["this_over_tutorial"] = round(row["this"]["seq_per_s"] / tutorial, 1)
+            results["jobs"].append(row)
+    print(json.dumps(results))
+    return results
 
 
 if __name__ == "__main__":

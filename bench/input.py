@@ -11,12 +11,15 @@ Ends with one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
-from bench.feed import generate_data
-from pipeline import cli
+from pipeline import cli, contract
 
 
 def rate(dataset, batches: int, batch_size: int) -> float:
@@ -28,20 +31,34 @@ def rate(dataset, batches: int, batch_size: int) -> float:
     return batches * batch_size / (time.perf_counter() - start)
 
 
+def generate_data(data_dir: str, size: int):
+    command = [sys.executable, "-m", "pipeline.generate", f"--data_dir={data_dir}", f"--size={size}",
+               "--num_train=2000", "--num_validation=64", "--num_test=64"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="bench input", description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", help="A data_dir holding moving_line/size_<size> (default: generate one).")
-    parser.add_argument("--size", type=cli.positive_int, default=50)
+    parser.add_argument("--size", type=cli.positive_int, default=contract.DEFAULT_SIZE)
     parser.add_argument("--batch_size", type=cli.positive_int, default=32)
     parser.add_argument("--batches", type=cli.positive_int, default=300)
     args = parser.parse_args(argv)
     cli.quiet_tensorflow()
+    with contextlib.ExitStack() as stack:
+        data_dir = args.data_dir
+        if not data_dir:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_input_"))
+            generate_data(data_dir, args.size)
+        return measure(data_dir, args)
+
+
+def measure(data_dir: str, args) -> dict:
     import tensorflow as tf
 
     from trainer import config as config_lib
     from trainer import input_pipeline
 
-    data_dir = args.data_dir or generate_data(args.size)
     builder = input_pipeline.load_builder(data_dir, args.size)
     config = {**config_lib.DEFAULTS, "size": args.size, "batch_size": args.batch_size}
     cores = os.cpu_count() or 1

@@ -1,53 +1,92 @@
 """Generate the moving_line TFDS dataset with Apache Beam.
 
-    python -m pipeline.generate --data_dir DIR [--size 50] [--num_train N]
-        [--num_validation N] [--num_test N] [--seed K] [--num_shards N] [BEAM OPTIONS...]
+    python -m pipeline.generate --data_dir DIR [--size 50] [--num_train N] [--num_validation N]
+        [--num_test N] [--seed K] [--num_shards N] [--file_format tfrecord,array_record]
+        [--dry_run=True] [BEAM OPTIONS...]
 
-Flags this command does not know are Beam pipeline options (--runner,
---direct_num_workers, --project, --region, --temp_location, --setup_file, ...).
-With no --runner it runs Beam's FnApiRunner with one worker process per core.
+After its own flags it takes Beam pipeline options (--runner, --direct_num_workers, --project,
+--region, --temp_location, --setup_file, ...); anything else is refused. With no --runner it runs
+Beam's FnApiRunner with one worker process per core. Exit codes: 0 done (or nothing to do), 1 a
+fault (full disk, damaged dataset; the line says what to do), 2 bad input (nothing written),
+130/143 interrupted by SIGINT/SIGTERM (nothing left that TFDS would load; run it again).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import glob
 import io
-import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 
-from pipeline import cli, generator
+from pipeline import beam_options, cli, contract, generator, local_runner, records
 
 PROG = "pipeline.generate"
-DATASET_NAME = "moving_line"
 PROGRESS_SECONDS = 5.0
 PROGRESS_MAX_SECONDS = 30.0
-LOCAL_RUNNERS = {None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+# TFDS writes one entry per shard into dataset_info.json: past this it would take hundreds of MB.
+MAX_SHARDS_PER_SPLIT = 1_000_000
+# Besides the shards: dataset_info.json, features.json, metadata.json and the filesystem's blocks.
+DISK_MARGIN_BYTES = 4 << 20
+# Bytes a file format adds to each record: TFRecord's length and two checksums; ArrayRecord's
+# chunk headers and index, measured on size-2 to size-50 records and rounded up.
+RECORD_OVERHEAD_BYTES = {"tfrecord": 16, "array_record": 64}
 
 
-def parse_args(argv=None):
-    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+def parse_file_formats(text: str) -> tuple[str, ...]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in contract.FILE_FORMATS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected {' or '.join(contract.FILE_FORMATS)}, or both separated by a comma; got {text!r}"
+        )
+    return contract.ordered_formats(names)
+
+
+def make_parser():
+    parser = cli.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n")[0],
+        allow_abbrev=False,
+        epilog="Beam pipeline options may follow (--runner, --direct_num_workers, --project, --region, "
+        "--temp_location, --setup_file, ...; --dry_run=True plans without writing); anything else is refused.",
+    )
     parser.add_argument("--data_dir", required=True, help="TFDS data directory (local path or gs://...).")
     parser.add_argument(
-        "--size", type=cli.non_negative_int, default=50, help="Frame size S (frames are SxS, S per video)."
+        "--size", type=cli.non_negative_int, default=contract.DEFAULT_SIZE, help="Frame size S (S frames of SxS)."
     )
     parser.add_argument(
         "--num_train", type=cli.positive_int, default=None, help="Training examples (config default if unset)."
     )
     parser.add_argument("--num_validation", type=cli.positive_int, default=None, help="Validation examples.")
     parser.add_argument("--num_test", type=cli.positive_int, default=None, help="Test examples.")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=0, help="Seed of the random streams.")
+    parser.add_argument(
+        "--seed", type=cli.non_negative_int, default=contract.DEFAULT_SEED, help="Seed of the random streams."
+    )
     parser.add_argument(
         "--num_shards",
         type=cli.positive_int,
         default=None,
-        help="Shards per split (default: TFDS's rule, 64 MiB to 1 GiB per shard).",
+        help="Shards per split (default: TFDS's rule, at most 64 MiB per shard, and several shards per local worker).",
     )
+    parser.add_argument(
+        "--file_format",
+        type=parse_file_formats,
+        default=contract.DEFAULT_FILE_FORMATS,
+        help="tfrecord (read by tf.data), array_record (random access: tfds.data_source, Grain, PyTorch), "
+        "or both: tfrecord,array_record (one pass writes both).",
+    )
+    return parser
+
+
+def parse_args(argv=None):
+    parser = make_parser()
     args, beam_args = parser.parse_known_args(argv)
     try:
         generator.check_size(args.size)
@@ -55,59 +94,46 @@ def parse_args(argv=None):
         raise cli.UsageError(f"--size: {error}") from None
     if args.seed >= 2**63:
         raise cli.UsageError(f"--seed must be below 2**63, got {args.seed}")
-    for previous, arg in zip([None, *beam_args], beam_args, strict=False):
-        # A value is fine after a flag without "=" (--project NAME); anything else is stray.
-        if not arg.startswith("-") and not (previous and previous.startswith("--") and "=" not in previous):
-            raise cli.UsageError(f"unexpected argument {arg!r}; Beam options look like --name=value")
+    own_flags = [flag for action in parser._actions for flag in action.option_strings]  # noqa: SLF001
+    beam_options.check_beam_args(beam_args, own_flags)
+    if "://" in args.data_dir and "array_record" in args.file_format:
+        # TFDS's ArrayRecord writer fails on gs:// (tensorflow/datasets#10981).
+        raise cli.UsageError(
+            "--file_format array_record needs a local --data_dir (ArrayRecord files cannot be written to "
+            f"{args.data_dir.split('://')[0]}:// yet); write tfrecord there and convert with `tfds convert_format`"
+        )
     return args, beam_args
 
 
-def beam_options(beam_args: list[str]):
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    if not any(arg.startswith("--runner") for arg in beam_args):
-        # FnApiRunner: Beam's local runner without the Prism download attempt, one process per core.
-        beam_args = [
-            "--runner=FnApiRunner",
-            f"--direct_num_workers={os.cpu_count() or 1}",
-            "--direct_running_mode=multi_processing",
-            *beam_args,
-        ]
-    return PipelineOptions(beam_args)
+def existing_ancestor(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
 
 
-def is_dry_run(options) -> bool:
-    """--dry_run=True: Dataflow builds the whole job and returns without submitting it."""
-    from apache_beam.options.pipeline_options import TestOptions
-
-    return str(options.view_as(TestOptions).dry_run).lower() in {"true", "1"}
-
-
-def check_data_dir(data_dir: str):
-    """A local data_dir must be a writable directory (created if missing)."""
+def check_data_dir(data_dir: str, create: bool):
+    """A local data_dir must be a writable directory (created if missing, unless create is False)."""
     if "://" in data_dir:
         return  # gs:// and friends: the runner checks access
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise cli.UsageError(f"--data_dir {data_dir} is a file; give a directory")
+    parent = existing_ancestor(data_dir)
+    if not os.path.isdir(parent):
+        raise cli.UsageError(f"--data_dir {data_dir} cannot be created ({parent} is a file); give a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise cli.UsageError(f"--data_dir {data_dir} is not writable; give a writable directory")
     try:
         os.makedirs(data_dir, exist_ok=True)
     except OSError as error:
         raise cli.UsageError(
             f"--data_dir {data_dir} cannot be created ({error.strerror}); give a writable directory"
         ) from None
-    if not os.access(data_dir, os.W_OK | os.X_OK):
-        raise cli.UsageError(f"--data_dir {data_dir} is not writable; give a writable directory")
-
-
-def existing_settings(builder) -> dict | None:
-    """The settings a finished build in the builder's folder was made with, if any."""
-    from etils import epath
-
-    folder = epath.Path(builder.data_dir)
-    if not (folder / "dataset_info.json").exists():
-        return None
-    metadata = folder / "metadata.json"
-    return json.loads(metadata.read_text()) if metadata.exists() else {}
+    if not create:  # it could be made: take it away again until there is something to write
+        path = os.path.abspath(data_dir)
+        while path != parent:
+            os.rmdir(path)
+            path = os.path.dirname(path)
 
 
 def describe(settings: dict) -> str:
@@ -117,15 +143,48 @@ def describe(settings: dict) -> str:
     )
 
 
+def read_settings(folder: str) -> dict | None:
+    """The settings recorded in folder's metadata.json, if it can be read."""
+    try:
+        metadata = contract._read_json(os.path.join(folder, contract.METADATA_FILE))  # noqa: SLF001
+    except (OSError, ValueError):
+        return None
+    return {key: metadata.get(key) for key in ("size", "seed", "num_train", "num_validation", "num_test")}
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def estimate_bytes(counts: dict[str, int], bytes_per_example: float, file_formats) -> int:
+    total = sum(counts.values())
+    return int(sum(total * (bytes_per_example + RECORD_OVERHEAD_BYTES[name]) for name in file_formats))
+
+
+def check_free_space(data_dir: str, needed: int):
+    if "://" in data_dir:
+        return
+    where = existing_ancestor(data_dir)
+    free = shutil.disk_usage(where).free
+    if free < needed + DISK_MARGIN_BYTES:
+        raise cli.UsageError(
+            f"the dataset needs about {human_bytes(needed)} but {where} has {human_bytes(free)} free; "
+            "free some space, choose another --data_dir or ask for fewer examples"
+        )
+
+
 @contextlib.contextmanager
-def exclusive_build(dataset_folder: str):
+def exclusive_build(config_folder: str):
     """Holds a lock on the config's folder, then clears what killed runs left behind.
 
     TFDS builds in an `incomplete.*` folder beside the version folder and renames it at
     the end; a run killed midway leaves that folder behind. With the lock held, no other
     run can be using one, so they are safe to delete.
     """
-    config_folder = os.path.dirname(dataset_folder.rstrip("/"))
     if "://" in config_folder:
         yield  # remote file systems have no locks: one writer per folder is up to the user
         return
@@ -176,70 +235,197 @@ class ProgressReporter:
             if done < total:
                 cli.log(PROG, f"generated {parts} ({100 * done / total:.0f}%, {done / seconds:,.0f} seq/s)")
             elif not announced_write:
-                cli.log(PROG, f"generated all {total:,} examples in {seconds:.0f} s; writing shards...")
+                cli.log(PROG, f"generated all {total:,} examples in {seconds:.0f} s; finishing the shards...")
                 announced_write = True
+
+
+def is_no_space(error: BaseException) -> bool:
+    """A full disk, raised here or in a Beam worker (whose error arrives as text)."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error)
+    return "No space left on device" in text or "[Errno 28]" in text
+
+
+def plan_summary(plans) -> str:
+    return ", ".join(
+        f"{plan.split} {plan.count:,} in {plan.num_shards:,} shard{'s' * (plan.num_shards > 1)}" for plan in plans
+    )
 
 
 def main(argv=None):
     args, beam_args = parse_args(argv)
-    check_data_dir(args.data_dir)
     cli.quiet_tensorflow()
-    # Local Beam workers forward a harmless warning each about a missing semi-persistent folder.
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # Local Beam workers forward their log lines here: a harmless warning each about a missing semi-persistent
+    # folder, and any error, which the runner raises here again with its traceback.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL + 1)
+    options = beam_options.make_options(beam_args)
+    dry_run = beam_options.is_dry_run(options)
+    check_data_dir(args.data_dir, create=False)
+    runner = options.get_all_options().get("runner")
+    num_workers = beam_options.local_workers(options)
 
-    import tempfile
+    counts = contract.default_counts(args.size)
+    for split in contract.SPLITS:
+        if getattr(args, f"num_{split}") is not None:
+            counts[split] = getattr(args, f"num_{split}")
+    wanted = {"size": args.size, "seed": args.seed, **{f"num_{split}": count for split, count in counts.items()}}
+    if args.num_shards and args.num_shards > min(counts.values()):
+        split = min(counts, key=counts.get)
+        raise cli.UsageError(
+            f"--num_shards {args.num_shards} is more than the {counts[split]:,} {split} examples; "
+            f"give at most {counts[split]:,} (every shard holds at least one example)"
+        )
 
-    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.utils import shard_utils
 
     from pipeline.moving_line import moving_line_dataset_builder as dataset_builder
 
-    options = beam_options(beam_args)
-    runner = options.get_all_options().get("runner")
-    local = runner in LOCAL_RUNNERS
+    bytes_per_example = records.mean_record_bytes(args.seed, args.size)
+    shard_config = shard_utils.ShardConfig(num_shards=args.num_shards)
+    balance = dataset_builder.balance_examples(counts.values(), num_workers)
+    num_shards = {
+        split: dataset_builder.num_shards_for(count, bytes_per_example, shard_config, balance)
+        for split, count in counts.items()
+    }
+    needed = estimate_bytes(counts, bytes_per_example, args.file_format)
+    folder = contract.dataset_folder(args.data_dir, args.size)
+    remote = "://" in args.data_dir
 
+    if not (dry_run and remote) and existing_build(folder, wanted, args) == "built":
+        return 0
+    check_free_space(args.data_dir, needed)
+    for split, shards in num_shards.items():
+        if shards > MAX_SHARDS_PER_SPLIT:
+            raise cli.UsageError(
+                f"{counts[split]:,} {split} examples would take {shards:,} shards, more than the "
+                f"{MAX_SHARDS_PER_SPLIT:,} TFDS's metadata can list; ask for fewer examples or set --num_shards"
+            )
+
+    if dry_run:
+        return dry_run_job(args, options, runner, counts, num_shards, needed, folder, remote)
+
+    check_data_dir(args.data_dir, create=True)
+    config = contract.config_name(args.size)
     predefined = {config.name for config in dataset_builder.Builder.BUILDER_CONFIGS}
-    name = f"size_{args.size}"
-    config = name if name in predefined else dataset_builder.make_config(args.size)
     builder = dataset_builder.Builder(
-        config=config,
+        config=config if config in predefined else dataset_builder.make_config(args.size),
         data_dir=args.data_dir,
-        num_train=args.num_train,
-        num_validation=args.num_validation,
-        num_test=args.num_test,
+        num_train=counts["train"],
+        num_validation=counts["validation"],
+        num_test=counts["test"],
         seed=args.seed,
+        file_formats=args.file_format,
+        num_workers=num_workers,
     )
-    wanted = builder.settings()
-    found = existing_settings(builder)
-    if found is not None:
-        if found == wanted:
-            cli.log(PROG, f"{builder.data_dir} already holds this dataset ({describe(wanted)}); nothing to do")
-            return 0
+    formats = " and ".join(args.file_format)
+    cli.log(PROG, f"building {contract.full_name(args.size)} ({describe(wanted)}) as {formats} with {runner}")
+    plans = builder.split_plans(folder, shard_config, bytes_per_example)
+    cli.log(PROG, f"about {human_bytes(needed)} in all: {plan_summary(plans)}")
+    start = time.monotonic()
+    import tensorflow_datasets as tfds
+
+    download_config = tfds.download.DownloadConfig(
+        beam_options=options, beam_runner=local_runner.runner_for(options), num_shards=args.num_shards
+    )
+    config_folder = contract.config_folder(args.data_dir, args.size)
+    progress_folder = None
+    try:
+        with exclusive_build(config_folder):
+            if num_workers:
+                # Beside the build, named like TFDS's incomplete folders: a killed run's is cleared with them.
+                where = None if "://" in config_folder else config_folder
+                progress_folder = tempfile.mkdtemp(prefix="incomplete.progress-", dir=where)
+                builder.progress_folder = progress_folder
+            progress = ProgressReporter(progress_folder, counts) if progress_folder else contextlib.nullcontext()
+            with (
+                progress,
+                local_runner.signals_stop_workers(),
+                contextlib.redirect_stdout(io.StringIO()),  # TFDS prints "Downloading and preparing..." there
+            ):
+                builder.download_and_prepare(download_config=download_config)
+    except Exception as error:
+        if is_no_space(error):
+            raise cli.FaultError(
+                f"no space left on the device writing {folder}; nothing was kept: free some space and run the "
+                "same command again"
+            ) from None
+        raise
+    finally:
+        if progress_folder:
+            shutil.rmtree(progress_folder, ignore_errors=True)
+        # TFDS makes these for downloads; nothing is downloaded, so leave no trace of them.
+        for empty in ("downloads/extracted", "downloads"):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(args.data_dir, empty))
+    summarize(builder, time.monotonic() - start)
+    return 0
+
+
+def existing_build(folder: str, wanted: dict, args) -> str | None:
+    """'built' when folder already holds this build; None when there is nothing (or it was damaged and
+    is rebuilt). Refuses other settings, flags that cannot change a finished build, and damage it cannot repair."""
+    if not contract._exists(folder):  # noqa: SLF001
+        return None
+    try:
+        info = contract.check_complete(folder)
+    except contract.DamagedDatasetError as damage:
+        if read_settings(folder) != wanted or "://" in folder:
+            raise
+        cli.log(PROG, f"{str(damage).split(';')[0]}; rebuilding it with the same settings")
+        with exclusive_build(os.path.dirname(folder)):
+            shutil.rmtree(folder)
+        return None
+    found = read_settings(folder)
+    if found != wanted:
         raise cli.UsageError(
-            f"{builder.data_dir} already holds a dataset built with {describe(found)}, not {describe(wanted)}; "
+            f"{folder} already holds a dataset built with {describe(found or {})}, not {describe(wanted)}; "
             "use another --data_dir or delete that folder"
         )
+    formats = contract.ordered_formats([info.get("fileFormat", "tfrecord"), *info.get("alternativeFileFormats", [])])
+    missing = [name for name in args.file_format if name not in formats]
+    if missing:
+        raise cli.UsageError(
+            f"{folder} holds this dataset as {' and '.join(formats)}, without {' and '.join(missing)}; add it with "
+            f"`tfds convert_format --dataset_version_dir={folder} --out_file_format={missing[0]}` or delete the "
+            "folder and generate again"
+        )
+    if args.num_shards:
+        shards = {split["name"]: len(split.get("shardLengths", [])) for split in info["splits"]}
+        if set(shards.values()) != {args.num_shards}:
+            raise cli.UsageError(
+                f"{folder} already holds this dataset (shards: {', '.join(f'{s} {n}' for s, n in shards.items())}); "
+                f"--num_shards {args.num_shards} cannot change a finished build: delete the folder to reshard it"
+            )
+    cli.log(PROG, f"{folder} already holds this dataset ({describe(wanted)}); nothing to do")
+    return "built"
 
-    cli.log(PROG, f"building {DATASET_NAME}/{builder.builder_config.name} ({describe(wanted)}) with {runner}")
-    start = time.monotonic()
-    download_config = tfds.download.DownloadConfig(beam_options=options, num_shards=args.num_shards)
-    if local:
-        builder.progress_folder = tempfile.mkdtemp(prefix="moving_line_progress_")
-    progress = ProgressReporter(builder.progress_folder, builder.split_counts()) if local else contextlib.nullcontext()
-    try:
-        # TFDS prints two lines of its own on stdout ("Downloading and preparing dataset ..."); this logs its own.
-        with exclusive_build(os.fspath(builder.data_dir)), progress, contextlib.redirect_stdout(io.StringIO()):
-            builder.download_and_prepare(download_config=download_config)
-    except FileNotFoundError as error:
-        # A dry run builds the job and returns without running it, so no shard was recorded.
-        if not (is_dry_run(options) and str(error.filename).endswith(dataset_builder.SHARDS_FILE)):
-            raise
-        cli.log(PROG, f"dry run: {runner} built the job for {describe(wanted)} without running it; nothing written")
-        return 0
-    finally:
-        if builder.progress_folder:
-            shutil.rmtree(builder.progress_folder, ignore_errors=True)
-    seconds = time.monotonic() - start
-    summarize(builder, seconds)
+
+def dry_run_job(args, options, runner, counts, num_shards, needed, folder, remote) -> int:
+    """Plans the build and, for a remote runner, has Beam build the whole job; writes nothing."""
+    from pipeline import transforms
+
+    plans = [
+        transforms.SplitPlan(split, count, num_shards[split], folder, args.file_format)
+        for split, count in counts.items()
+    ]
+    where = "" if remote else f" ({human_bytes(shutil.disk_usage(existing_ancestor(args.data_dir)).free)} free)"
+    cli.log(PROG, f"dry run: {plan_summary(plans)}, about {human_bytes(needed)} into {folder}{where}")
+    if runner not in beam_options.LOCAL_RUNNERS:
+        import apache_beam as beam
+
+        write = transforms.WriteShards(plans, args.seed, args.size, os.path.join(folder, "shards.json"))
+        try:
+            with beam.Pipeline(options=options) as pipeline:
+                _ = pipeline | "WriteShards" >> write
+        except ValueError as error:  # Beam's checks of the options, e.g. "Invalid Project ID"
+            problem = " ".join(str(error).split())
+            raise cli.UsageError(f"{runner} refused the options: {problem}") from None
+        cli.log(PROG, f"dry run: {runner} built the job without running it; nothing written")
+    else:
+        cli.log(PROG, f"dry run: nothing written ({runner} runs jobs locally; drop --dry_run to build)")
     return 0
 
 
@@ -253,9 +439,10 @@ def summarize(builder, seconds: float):
             f"  {name}: {split.num_examples:,} examples in {split.num_shards} shard{'s' * (split.num_shards > 1)}, "
             f"{split.num_bytes:,} bytes",
         )
+    formats = " and ".join(builder.file_formats)
     cli.log(
         PROG,
-        f"done: {total:,} examples, {total_bytes / max(total, 1):.0f} bytes each, in {seconds:.1f} s "
+        f"done: {total:,} examples, {total_bytes / max(total, 1):.0f} bytes each, as {formats}, in {seconds:.1f} s "
         f"({total / seconds:,.0f} seq/s) -> {builder.data_dir}",
     )
 

@@ -1,4 +1,4 @@
-"""Vectorized moving-line generator (../shared/SPEC.md, "One sequence").
+"""Vectorized moving-line generator: the process of the dataset card (pipeline/moving_line/README.md).
 
 Every example is a pure function of (seed, split, index): its random numbers are a
 fixed slice of a Philox counter-based stream keyed by (seed, split), so any chunk of
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-SPLITS = ("train", "validation", "test")
-CLASS_NAMES = ("left", "right")
+from pipeline import contract
+
+SPLITS = contract.SPLITS
+CLASS_NAMES = contract.CLASS_NAMES
 MIN_SIZE = 2
 MAX_SIZE = 255  # rows are stored as uint8 and a size-255 video is already 16 MB
 

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from pipeline import cli
+from pipeline import cli, contract
 
 PROG = "pipeline.show"
 FORMATS = (".png", ".gif")
@@ -55,29 +55,31 @@ def parse_args(argv=None):
 
 
 def find_dataset(data_dir: str, size: int | None) -> str:
-    """The folder of the built moving_line/size_<S> dataset in data_dir (newest version)."""
-    root = os.path.join(data_dir, "moving_line")
+    """The folder of the built moving_line/size_<S> dataset in data_dir (newest version), checked whole."""
+    root = os.path.join(data_dir, contract.NAME)
     built = sorted(name for name in (os.listdir(root) if os.path.isdir(root) else []) if name.startswith("size_"))
     if not built:
         raise cli.UsageError(
-            f"no moving_line dataset in --data_dir {data_dir}; run `python -m pipeline.generate` first"
+            f"no {contract.NAME} dataset in --data_dir {data_dir}; run `python -m pipeline.generate` first"
         )
     if size is None:
-        name = built[0] if len(built) == 1 else "size_50"
+        name = built[0] if len(built) == 1 else contract.config_name(contract.DEFAULT_SIZE)
         if name not in built:
             raise cli.UsageError(f"--data_dir {data_dir} holds {', '.join(built)}; pick one with --size")
     else:
-        name = f"size_{size}"
+        name = contract.config_name(size)
         if name not in built:
-            raise cli.UsageError(f"no moving_line/{name} in --data_dir {data_dir} (it holds {', '.join(built)})")
+            raise cli.UsageError(f"no {contract.NAME}/{name} in --data_dir {data_dir} (it holds {', '.join(built)})")
     # Finished builds only: not the incomplete.* folders of running or killed builds, nor the lock file.
     versions = sorted(
         (entry for entry in os.listdir(os.path.join(root, name)) if re.fullmatch(r"\d+\.\d+\.\d+", entry)),
         key=lambda version: tuple(int(part) for part in version.split(".")),
     )
     if not versions:
-        raise cli.UsageError(f"moving_line/{name} in {data_dir} was never finished; generate it again")
-    return os.path.join(root, name, versions[-1])
+        raise cli.UsageError(f"{contract.NAME}/{name} in {data_dir} was never finished; generate it again")
+    folder = os.path.join(root, name, versions[-1])
+    contract.check_complete(folder)  # a damaged build: one line, exit code 1
+    return folder
 
 
 def load_sequences(dataset_folder: str, split: str, num: int):
@@ -87,8 +89,11 @@ def load_sequences(dataset_folder: str, split: str, num: int):
     builder = tfds.builder_from_directory(dataset_folder)
     if split not in builder.info.splits:
         raise cli.UsageError(f"--split {split!r} not in the dataset; choose from {', '.join(builder.info.splits)}")
-    dataset = builder.as_dataset(split=split, shuffle_files=False).take(num)
-    examples = list(tfds.as_numpy(dataset))
+    if builder.info.file_format.value in contract.RANDOM_ACCESS_FORMATS:  # built without TFRecord files
+        source = builder.as_data_source(split=split)
+        examples = [source[index] for index in range(min(num, len(source)))]
+    else:
+        examples = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).take(num)))
     return [(example["video"][..., 0], int(example["label"])) for example in examples]
 
 

@@ -1,40 +1,68 @@
-"""The Beam job that writes the moving_line dataset: shard plans in, TFRecord shards out.
+"""The Beam job that writes the moving_line dataset: split plans in, shard files out.
 
 Every shard is one element: the worker that takes it generates the shard's index range
-chunk by chunk, encodes and serializes each example, and streams the records into the
-shard's file. No example ever travels through a shuffle, so memory stays flat however
-many examples there are, and shard i of a split always holds the same examples in the
-same order, whatever the runner or the number of workers.
+chunk by chunk, serializes each example once and streams the records into the shard's
+file in every requested format. No example ever travels through a shuffle, so memory
+stays flat however many examples there are, and shard i of a given plan always holds the
+same examples in the same order, whatever the runner or the number of workers. The shards of a
+split are expanded from one small element by the workers, so a plan of millions of shards
+never sits in the launching process's memory.
+
+The workers import neither TensorFlow nor TFDS (pipeline.records writes the files), which
+keeps their start-up short.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 
 import apache_beam as beam
 
-from pipeline import cli, generator
+from pipeline import cli, contract, records
 
-# Beam's worker processes import this module before TensorFlow: keep its start-up lines out of their output
-# (and, in the launching process, Beam's INFO lines about its workers).
+# Beam's worker processes import this module: keep TensorFlow's start-up lines (should anything load it)
+# and, in the launching process, Beam's INFO lines about its workers out of the output.
 cli.quiet_tensorflow()
 
-# Examples made by one numpy call: big enough to amortise Python, small enough that a
-# chunk of size-50 videos (125 kB each) stays around 32 MB in a worker.
-CHUNK_EXAMPLES = 256
+# Examples serialized by one numpy pass: big enough to amortise Python, small enough to keep a
+# worker's memory flat (the videos are never drawn, a chunk is a few MB).
+CHUNK_EXAMPLES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+    """A split of `count` examples in `num_shards` shards, written into `folder` in each of `file_formats`."""
+
+    split: str
+    count: int
+    num_shards: int
+    folder: str
+    file_formats: tuple[str, ...]
+
+    def shards(self):
+        """Its ShardPlans, one at a time."""
+        for index in range(self.num_shards):
+            start, count = shard_range(self.count, self.num_shards, index)
+            yield ShardPlan(self.split, index, start, count, self.num_shards, self.folder, self.file_formats)
 
 
 @dataclasses.dataclass(frozen=True)
 class ShardPlan:
-    """Examples start..start+count-1 of a split, written to path (shard `index`)."""
+    """Examples start..start+count-1 of a split: shard `index` of `num_shards`, in each format."""
 
     split: str
     index: int
     start: int
     count: int
-    path: str
+    num_shards: int
+    folder: str
+    file_formats: tuple[str, ...]
+
+    def file_name(self, file_format: str) -> str:
+        return contract.shard_file_name(self.split, file_format, self.index, self.num_shards)
 
 
 def chunk_ranges(count: int, chunk: int = CHUNK_EXAMPLES, start: int = 0) -> list[tuple[int, int]]:
@@ -42,53 +70,67 @@ def chunk_ranges(count: int, chunk: int = CHUNK_EXAMPLES, start: int = 0) -> lis
     return [(begin, min(chunk, start + count - begin)) for begin in range(start, start + count, chunk)]
 
 
+def shard_range(count: int, num_shards: int, index: int) -> tuple[int, int]:
+    """(start, count) of shard `index` of num_shards nearly equal, consecutive index ranges."""
+    begin, end = count * index // num_shards, count * (index + 1) // num_shards
+    return begin, end - begin
+
+
 def shard_bounds(count: int, num_shards: int) -> list[tuple[int, int]]:
-    """[(start, count), ...] of num_shards nearly equal, consecutive index ranges."""
-    edges = [count * index // num_shards for index in range(num_shards + 1)]
-    return [(edges[index], edges[index + 1] - edges[index]) for index in range(num_shards)]
+    """[(start, count), ...] of every shard (see shard_range)."""
+    return [shard_range(count, num_shards, index) for index in range(num_shards)]
+
+
+def temporary_name(path: str) -> str:
+    """Where a shard is written before it is complete (TFDS's readers never list this name)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.incomplete-{os.getpid()}")
 
 
 class WriteShard(beam.DoFn):
-    """ShardPlan -> writes its TFRecord file -> (split, index, examples, bytes)."""
+    """ShardPlan -> writes its files -> (split, index, examples, serialized bytes, {file name: file bytes})."""
 
-    def __init__(self, seed: int, size: int, features, progress_folder: str | None = None):
-        self._seed, self._size, self._features = seed, size, features
-        self._progress_folder = progress_folder
+    def __init__(self, seed: int, size: int, progress_folder: str | None = None):
+        self._seed, self._size, self._progress_folder = seed, size, progress_folder
 
     def setup(self):
-        # TFDS's own serializer and record writer: the files are what TFDS itself would write.
-        from tensorflow_datasets.core import example_serializer, file_adapters, writer
-
-        self._serializer = example_serializer.ExampleSerializer(self._features.get_serialized_info())
-        self._writer = writer.ExampleWriter(file_format=file_adapters.FileFormat.TFRECORD)
+        records.keep_freed_memory()
 
     def process(self, plan: ShardPlan):
         from etils import epath
-        from tensorflow_datasets.core import utils
 
-        written = {"examples": 0, "bytes": 0, "right": 0}
-
-        def records():
+        final = {name: os.path.join(plan.folder, plan.file_name(name)) for name in plan.file_formats}
+        # Written beside its final name and renamed when complete: a retried or killed worker never
+        # leaves a half-written shard under the real name.
+        temporary = {file_format: temporary_name(path) for file_format, path in final.items()}
+        writers = {}
+        serialized_bytes = 0
+        try:
+            for file_format in plan.file_formats:
+                writers[file_format] = records.open_writer(file_format, temporary[file_format])
             for start, count in chunk_ranges(plan.count, start=plan.start):
-                arrays = generator.generate(self._seed, plan.split, start, count, self._size)
-                for offset in range(count):
-                    example = {name: arrays[name][offset] for name in ("video", "label", "path")}
-                    record = self._serializer.serialize_example(self._features.encode_example(example))
-                    written["bytes"] += len(record)
-                    yield start + offset, record
-                written["examples"] += count
-                written["right"] += int(arrays["label"].sum())
+                chunk = records.serialize_examples(self._seed, plan.split, start, count, self._size)
+                for writer in writers.values():
+                    for record in chunk:
+                        writer.write(record)
+                serialized_bytes += sum(map(len, chunk))
                 if self._progress_folder:
                     open(os.path.join(self._progress_folder, f"{plan.split}-{start}-{count}"), "w").close()
-
-        # Written beside its final name and renamed when complete: a retried or killed worker
-        # never leaves a half-written shard under the real name.
-        with utils.incomplete_files(epath.Path(plan.path)) as temporary_path:
-            self._writer.write(temporary_path, records())
-        beam.metrics.Metrics.counter("moving_line", f"{plan.split}_examples").inc(written["examples"])
-        beam.metrics.Metrics.counter("moving_line", f"{plan.split}_right").inc(written["right"])
-        beam.metrics.Metrics.counter("moving_line", "shards_written").inc()
-        yield plan.split, plan.index, written["examples"], written["bytes"]
+            while writers:
+                writers.popitem()[1].close()
+            file_bytes = {}
+            for file_format, path in final.items():
+                epath.Path(temporary[file_format]).rename(path)
+                file_bytes[os.path.basename(path)] = epath.Path(path).stat().length
+        finally:
+            for writer in writers.values():
+                with contextlib.suppress(Exception):  # already failing: the first error is the one to report
+                    writer.close()
+            for path in temporary.values():
+                epath.Path(path).unlink(missing_ok=True)
+        beam.metrics.Metrics.counter(contract.NAME, f"{plan.split}_examples").inc(plan.count)
+        beam.metrics.Metrics.counter(contract.NAME, "shards_written").inc()
+        yield plan.split, plan.index, plan.count, serialized_bytes, file_bytes
 
 
 def record_shards(shards: list, path: str):
@@ -99,18 +141,19 @@ def record_shards(shards: list, path: str):
 
 
 class WriteShards(beam.PTransform):
-    """Writes every planned shard; then what they hold (see record_shards) to shards_path."""
+    """Writes every shard of the planned splits; then what they hold (see record_shards) to shards_path."""
 
-    def __init__(self, plans: list[ShardPlan], seed: int, size: int, features, shards_path: str, progress_folder=None):
+    def __init__(self, splits: list[SplitPlan], seed: int, size: int, shards_path: str, progress_folder=None):
         super().__init__()
-        self._plans, self._shards_path = plans, shards_path
-        self._write = WriteShard(seed, size, features, progress_folder)
+        self._splits, self._shards_path = splits, shards_path
+        self._write = WriteShard(seed, size, progress_folder)
 
     def expand(self, pbegin):
         return (
             pbegin
-            | "Plans" >> beam.Create(self._plans)
-            # Without a fusion break every shard would be written by the worker that made the list.
+            | "Splits" >> beam.Create(self._splits)
+            | "Shards" >> beam.FlatMap(SplitPlan.shards)
+            # Without a fusion break every shard would be written by the worker that expanded the split.
             | "Distribute" >> beam.Reshuffle()
             | "WriteShard" >> beam.ParDo(self._write)
             | "Collect" >> beam.combiners.ToList()

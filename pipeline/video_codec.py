@@ -1,4 +1,4 @@
-"""A fast, exact zlib encoder for moving-line videos (see ../shared/SPEC.md).
+"""A fast, exact zlib encoder for moving-line videos (pipeline/moving_line/README.md describes them).
 
 `compress_video(video)` returns a zlib stream (RFC 1950 around one dynamic-Huffman
 RFC 1951 block) that decodes to exactly `video.tobytes()`. On moving-line videos it
@@ -362,6 +362,116 @@ def compress_video(video: np.ndarray) -> bytes:
 def compress_videos(videos) -> list[bytes]:
     """compress_video of each video (e.g. of a [count, T, S, S, 1] batch)."""
     return [compress_video(video) for video in videos]
+
+
+class PathCode:
+    """A Code's tokens as (value, bit count) pairs, for packing many videos' streams at once."""
+
+    def __init__(self, code: Code):
+        width = code.token_bits.shape[1]
+        lit = code.token_bits != EMPTY_BIT
+        self.token_bit_counts = lit.sum(axis=1).astype(np.int64)
+        weights = np.left_shift(np.uint64(1), np.arange(width, dtype=np.uint64))
+        self.token_values = (np.where(lit, code.token_bits, 0).astype(np.uint64) * weights).sum(axis=1)
+        # Tokens of 0..31 zero bits that end each stream on a 32-bit word: one more id each.
+        self.pad_ids = len(self.token_values) + np.arange(32)
+        self.token_bit_counts = np.concatenate((self.token_bit_counts, np.arange(32)))
+        self.token_values = np.concatenate((self.token_values, np.zeros(32, np.uint64)))
+        self.fits = width <= 32  # a token plus a 31-bit shift must fit in 64 bits
+
+
+@functools.lru_cache(maxsize=64)
+def path_code_for(frame_count: int, frame_size: int) -> PathCode:
+    return PathCode(code_for(frame_count, frame_size))
+
+
+def compress_paths(labels: np.ndarray, rows: np.ndarray) -> list[bytes]:
+    """The zlib streams of the moving-line videos these paths draw, without drawing them.
+
+    labels [count] (1 = right), rows [count, S]: exactly compress_video(video) of each rendered
+    video [S, S, S, 1], but from the S pixels alone and for the whole batch in a few numpy calls:
+    the bytes the encoder needs to look at are computed from where each pixel lights up, and the
+    tokens of every stream are packed together.
+    """
+    count, size = rows.shape
+    frame_count, frame_size = size, size * size
+    if count == 0:
+        return []
+    path_code = path_code_for(frame_count, frame_size) if frame_size <= WINDOW else None
+    if path_code is None or not path_code.fits:
+        from pipeline.generator import render  # beyond the fast encoder: draw and compress each video
+
+        return [compress_video(video) for video in render(labels, rows)]
+    code = code_for(frame_count, frame_size)
+    steps = np.arange(size)
+    columns = np.where(labels[:, None] == 1, steps, size - 1 - steps)
+    pixels = rows.astype(np.int64) * size + columns  # where in its frame each frame's pixel is, [count, T]
+
+    # The bounds of _encode_nested, for every video at once: [count, 8, T + 1].
+    bounds = np.zeros((count, 8, frame_count + 1), np.int64)
+    bounds[:, 0, 1:] = pixels
+    bounds[:, 4, :-1] = pixels
+    bounds[:, 5, :-1] = pixels
+    np.maximum.accumulate(pixels, axis=1, out=bounds[:, 6, 1:])
+    np.minimum.accumulate(pixels, axis=1, out=bounds[:, 7, :-1])
+    bounds += code.bound_offsets
+    start, gap_start, gap_end, end = bounds[:, 0], bounds[:, 6], bounds[:, 7], bounds[:, 4]
+    head = code.round_up.take(gap_start - start)
+    tail = code.round_up.take(end - gap_end)
+    head_end = np.minimum(start + head, gap_end)
+    tail_start = np.maximum(end - tail, head_end)
+    tail_start[:, 1] = np.maximum(tail_start[:, 1], frame_size)
+    bounds[:, 1], bounds[:, 3] = head_end, tail_start
+    bounds[:, 2] = head_end + ((head_end == gap_start) & (tail_start > head_end))
+
+    full, remainder = np.divmod(bounds[:, 1:6] - bounds[:, :5], MAX_MATCH)
+    # The two data bytes after each piece's full matches: byte q of a video is 1 when the pixel at
+    # q % frame_size lights up at or before frame q // frame_size.
+    positions = np.clip((bounds[:, :5] + full * MAX_MATCH)[..., None] + np.arange(2), 0, frame_count * frame_size - 1)
+    lit_at = np.full((count, frame_size), frame_count, np.int64)
+    np.put_along_axis(lit_at, pixels, steps[None, :], axis=1)
+    frame, pixel = np.divmod(positions, frame_size)
+    next_bytes = np.take_along_axis(lit_at, pixel.reshape(count, -1), axis=1).reshape(frame.shape) <= frame
+    items = np.broadcast_to(code.items, (count, *code.items.shape)).copy()
+    remainder_ids = code.remainder_base + remainder + next_bytes.astype(np.int64) @ code.pattern_weights
+    items[:, :, :, 1] = remainder_ids.transpose(0, 2, 1)
+    counts = np.broadcast_to(code.counts, (count, *code.counts.shape)).copy()
+    counts[:, :, :, 0] = full.transpose(0, 2, 1)
+
+    # Every stream's token ids in order: header, pieces, end of block, then zero bits up to a 32-bit word.
+    body_ids, body_counts = items.reshape(count, -1), counts.reshape(count, -1)
+    header = np.broadcast_to(code.header_ids, (count, len(code.header_ids)))
+    fixed_bits = int(path_code.token_bit_counts[code.header_ids].sum() + path_code.token_bit_counts[END_ID])
+    stream_bits = fixed_bits + (path_code.token_bit_counts.take(body_ids) * body_counts).sum(axis=1)
+    pad = path_code.pad_ids.take(-stream_bits % 32)
+    ids = np.concatenate((header, body_ids, np.full((count, 1), END_ID), pad[:, None]), axis=1)
+    repeats = np.concatenate((np.ones_like(header), body_counts, np.ones((count, 2), np.int64)), axis=1)
+    ids = ids.ravel().repeat(repeats.ravel())
+    # Pack: each token's value shifted to its bit offset, summed into 32-bit words (the bits never
+    # overlap, so a sum is an OR, and bincount's float64 sums stay exact below 2**53).
+    bit_counts = path_code.token_bit_counts.take(ids)
+    offsets = np.cumsum(bit_counts) - bit_counts
+    word, shift = offsets >> 5, (offsets & 31).astype(np.uint64)
+    shifted = path_code.token_values.take(ids) << shift
+    total_words = int((offsets[-1] + bit_counts[-1]) >> 5) + 1
+    words = np.bincount(word, weights=(shifted & np.uint64(0xFFFFFFFF)).astype(np.float64), minlength=total_words)
+    words += np.bincount(word + 1, weights=(shifted >> np.uint64(32)).astype(np.float64), minlength=total_words + 1)[
+        :total_words
+    ]
+    packed = words.astype(np.uint32).astype("<u4").tobytes()
+
+    # Adler-32 as in _encode_nested.
+    video_bytes = frame_count * frame_size
+    ones = frame_count * (frame_count + 1) // 2
+    position_sum = frame_size * (frame_count - 1) * frame_count * (frame_count + 1) // 3 + pixels @ code.frame_weights
+    adler = ((video_bytes * (1 + ones) - position_sum) % ADLER_MODULUS) << 16 | (1 + ones) % ADLER_MODULUS
+    adler_bytes = adler.astype(">u4").tobytes()
+    word_starts = np.concatenate(([0], np.cumsum((stream_bits + 31) >> 5)))[:-1] * 4
+    lengths = (stream_bits + 7) >> 3
+    return [
+        ZLIB_HEADER + packed[begin : begin + length] + adler_bytes[4 * index : 4 * index + 4]
+        for index, (begin, length) in enumerate(zip(word_starts.tolist(), lengths.tolist(), strict=True))
+    ]
 
 
 def benchmark(count: int = 1000, size: int = 50, seed: int = 0, repeats: int = 3) -> dict:

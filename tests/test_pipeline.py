@@ -1,15 +1,17 @@
 """The generate and show commands end to end, on Beam's FnApiRunner, read back as another project would."""
 
+import contextlib
 import hashlib
 import json
 import os
+import pathlib
 
 import pytest
 from conftest import SMALL, generate_args, run_command
 
-from pipeline import generator
+from pipeline import contract, generator
 
-VERSION = "1.1.0"
+VERSION = contract.VERSION
 
 # Run in a fresh interpreter that never imports this project: prints, per split, the count and a
 # hash of (label, video, path) in stored order, and whether any project module got imported.
@@ -219,25 +221,11 @@ def test_tfds_build_builds_a_predefined_config(tmp_path):
 
 def test_a_killed_run_leaves_no_dataset_and_the_same_command_then_completes_it(tmp_path):
     import glob
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
 
     settings = {"size": 16, "num_train": 40_000, "num_validation": 300, "num_test": 300, "seed": 2}
-    command = [sys.executable, *generate_args(tmp_path, settings)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     config_folder = tmp_path / "moving_line" / "size_16"
-    # Its own process group, so that the Beam worker processes die with it.
-    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not glob.glob(str(config_folder / "incomplete.*")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(5)  # well into generation
-    assert process.poll() is None, "the run ended before it could be killed; make it bigger"
-    os.killpg(process.pid, signal.SIGKILL)
+    process, signal = run_until_writing(generate_args(tmp_path, settings), config_folder)
+    os.killpg(process.pid, signal.SIGKILL)  # no chance to clean up
     process.wait()
 
     assert glob.glob(str(config_folder / "incomplete.*")) and not (config_folder / VERSION).exists()
@@ -249,3 +237,243 @@ def test_a_killed_run_leaves_no_dataset_and_the_same_command_then_completes_it(t
     assert not glob.glob(str(config_folder / "incomplete.*"))
     read = read_without_project(tmp_path, "moving_line/size_16", 16)
     assert read["load"] == expected_digests(settings)  # every example once, none missing, none changed
+
+
+def last_line(result):
+    return result.stderr.strip().splitlines()[-1]
+
+
+def assert_one_line_error(result, exit_code, *fragments):
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = last_line(result)
+    assert line.startswith(f"{result.args[2]}: error:"), line
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--num_trian", "300"],
+            "unknown flag --num_trian (neither this command's nor a Beam pipeline option); did you mean --num_train?",
+        ),
+        (["--file_format", "x"], "argument --file_format: expected tfrecord or array_record"),
+        (["--file_fromat=tfrecord"], "did you mean --file_format?"),
+        (["--direct_num_worker=2"], "did you mean --direct_num_workers?"),
+        (
+            ["--runner=FnApiRunner", "--direct_num_workers=many"],
+            "Beam option: argument --direct_num_workers: invalid int value",
+        ),
+        (
+            ["--num_train=16", "--num_validation=16", "--num_test=4", "--num_shards=5"],
+            "--num_shards 5 is more than the 4 test examples",
+        ),
+        (["--data_dir=gs://bucket/data", "--file_format=tfrecord,array_record"], "needs a local --data_dir"),
+        (["--size=16", "--num_train=1000000000000"], "but"),
+    ],
+)
+def test_unknown_flags_and_flags_that_cannot_take_effect_are_refused_before_anything_is_written(
+    tmp_path, flags, message
+):
+    data_dir = tmp_path / "data"
+    result = run_command("-m", "pipeline.generate", f"--data_dir={data_dir}", *flags)
+    assert_one_line_error(result, 2, message)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not data_dir.exists()
+
+
+def test_beam_options_runner_specific_ones_included_still_pass(tmp_path):
+    # Dataflow's, the direct runner's and the setup options are Beam's: a dry run takes them all.
+    flags = [
+        "--runner=FnApiRunner", "--direct_num_workers=1", "--project", "my-project", "--region=us-central1",
+        "--temp_location=gs://bucket/tmp", "--setup_file=./setup.py", "--experiments=use_runner_v2", "--dry_run=True",
+    ]  # fmt: skip
+    result = run_command("-m", "pipeline.generate", f"--data_dir={tmp_path / 'data'}", "--size=8", *flags)
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing written" in result.stderr
+
+
+@pytest.mark.parametrize("data_dir", ["{tmp}/data", "gs://moving-line-no-such-bucket/data"])
+def test_a_dry_run_writes_nothing_and_needs_no_network(tmp_path, data_dir):
+    data_dir = data_dir.format(tmp=tmp_path)
+    result = run_command("-m", "pipeline.generate", f"--data_dir={data_dir}", "--num_train=1000000", "--dry_run=True")
+    assert result.returncode == 0, result.stderr
+    assert "train 1,000,000 in" in result.stderr and "nothing written" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_dataflow_dry_run_builds_the_job_offline_for_a_gs_data_dir(tmp_path):
+    flags = [
+        "--runner=DataflowRunner", "--project=my-project", "--region=us-central1", "--temp_location=gs://bucket/tmp",
+        "--dry_run=True", "--num_train=2000000000",
+    ]  # fmt: skip
+    # Billions of sequences: the plan is one element per split, expanded into shards by the workers.
+    result = run_command("-m", "pipeline.generate", "--data_dir=gs://moving-line-no-such-bucket/data", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "train 2,000,000,000 in" in result.stderr and "DataflowRunner built the job without running it" in result.stderr
+    )
+
+
+DAMAGES = {
+    "metadata deleted": lambda folder: os.remove(os.path.join(folder, contract.INFO_FILE)),
+    "metadata unreadable": lambda folder: pathlib.Path(folder, contract.INFO_FILE).write_text("{"),
+    "shard deleted": lambda folder: os.remove(shard(folder, "validation")),
+    "shard truncated": lambda folder: os.truncate(shard(folder, "train"), 100),
+}
+
+
+def shard(folder, split):
+    return os.path.join(folder, contract.shard_file_name(split, "tfrecord", 0, 1))
+
+
+READERS = {
+    "pipeline.show": lambda data_dir, tmp: ["-m", "pipeline.show", f"--data_dir={data_dir}", f"--out={tmp}/x.png"],
+    "trainer": lambda data_dir, tmp: [
+        "-c",
+        "import sys; from pipeline import cli; from trainer import input_pipeline; "
+        "sys.exit(cli.run_main('trainer', lambda argv: input_pipeline.load_builder(sys.argv[1], 8)))",
+        str(data_dir),
+    ],
+}
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path):
+    settings = {"size": 8, "num_train": 40, "num_validation": 8, "num_test": 8, "seed": 1}
+    run_command(*generate_args(tmp_path / "data", settings), check=True)
+    return tmp_path / "data", settings
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_build_is_refused_by_readers_and_rebuilt_by_generate(tiny_data_dir, tmp_path, damage):
+    data_dir, settings = tiny_data_dir
+    folder = dataset_folder(data_dir, 8)
+    DAMAGES[damage](folder)
+    for name, reader in READERS.items():
+        if name == "trainer" and damage == "shard truncated":
+            continue  # the trainer finds it when reading, names the bad record and can skip (test_reliability.py)
+        result = run_command(*reader(data_dir, tmp_path))
+        assert result.returncode == 1, (name, result.stderr[-3000:])
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert f"the dataset in {folder} is damaged" in last_line(result), (name, last_line(result))
+    # Other settings: the damage is reported, nothing is touched.
+    other = run_command(*generate_args(data_dir, {**settings, "num_train": 41}))
+    assert_one_line_error(other, 1, "is damaged", "rebuild it")
+    again = run_command(*generate_args(data_dir, settings), check=True)
+    if damage != "metadata unreadable":
+        assert "rebuilding it with the same settings" in again.stderr
+    read = read_without_project(data_dir, "moving_line/size_8", 8)
+    assert read["load"] == expected_digests(settings)
+
+
+def test_settings_of_a_damaged_build_that_cannot_be_read_are_not_guessed(tiny_data_dir):
+    data_dir, settings = tiny_data_dir
+    folder = dataset_folder(data_dir, 8)
+    os.remove(os.path.join(folder, contract.INFO_FILE))
+    os.remove(os.path.join(folder, contract.METADATA_FILE))
+    result = run_command(*generate_args(data_dir, settings))
+    assert_one_line_error(result, 1, "dataset_info.json is missing", f"or delete {folder}")
+
+
+def test_same_settings_with_flags_that_cannot_change_a_built_dataset_are_refused(tiny_data_dir):
+    data_dir, settings = tiny_data_dir
+    before = snapshot(dataset_folder(data_dir, 8))
+    reshard = run_command(*generate_args(data_dir, settings, extra=["--num_shards=2"]))
+    assert_one_line_error(reshard, 2, "--num_shards 2 cannot change a finished build")
+    other_format = run_command(*generate_args(data_dir, settings, extra=["--file_format=array_record"]))
+    assert_one_line_error(other_format, 2, "without array_record", "tfds convert_format")
+    assert snapshot(dataset_folder(data_dir, 8)) == before
+
+
+def run_until_writing(command, config_folder):
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(
+        [sys.executable, *command], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    # Until a worker is writing a shard.
+    while not glob.glob(str(config_folder / "incomplete.*" / ".*.incomplete-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be stopped; make it bigger"
+    return process, signal
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_midway_leave_one_line_no_dataset_and_the_same_command_then_builds_it(tmp_path, signal_name):
+    import subprocess
+    import time
+
+    settings = {"size": 16, "num_train": 40_000, "num_validation": 300, "num_test": 300, "seed": 3}
+    config_folder = tmp_path / "moving_line" / "size_16"
+    process, signal = run_until_writing(generate_args(tmp_path, settings), config_folder)
+    signal_number = getattr(signal, signal_name)
+    if signal_number == signal.SIGINT:
+        os.killpg(process.pid, signal_number)  # Ctrl-C reaches the whole foreground process group
+    else:
+        process.send_signal(signal_number)  # a scheduler signals the command alone
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal_number, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == (
+        f"pipeline.generate: error: interrupted by {signal_name}; run the same command again"
+    )
+    assert sorted(os.listdir(config_folder)) == [".generate.lock"]  # no incomplete folder, no dataset
+    time.sleep(0.5)
+    assert f"{tmp_path}" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    again = run_command(*generate_args(tmp_path, settings), check=True)  # the lock was released
+    assert "done: 40,600 examples" in again.stderr
+    assert not list(config_folder.glob("incomplete.*"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MiB tmpfs (needs root to mount)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_dataset_too_big_for_the_disk_is_refused_before_writing(small_disk):
+    settings = {"size": 16, "num_train": 300_000, "num_validation": 300, "num_test": 300, "seed": 0}
+    result = run_command(*generate_args(small_disk / "data", settings))
+    assert_one_line_error(result, 2, "the dataset needs about 51.", "MiB free")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert os.listdir(small_disk) == []
+
+
+def test_a_disk_that_fills_up_midway_ends_in_one_line_with_nothing_kept_and_then_builds(small_disk):
+    settings = {"size": 16, "num_train": 150_000, "num_validation": 300, "num_test": 300, "seed": 0}
+    config_folder = small_disk / "data" / "moving_line" / "size_16"
+    process, _ = run_until_writing(generate_args(small_disk / "data", settings), config_folder)
+    filler = small_disk / "filler"
+    # Another program takes the space the estimate counted on.
+    with open(filler, "wb") as file, contextlib.suppress(OSError):
+        file.write(b"\0" * (40 << 20))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"pipeline.generate: error: no space left on the device writing {config_folder / VERSION}; nothing was kept: "
+        "free some space and run the same command again"
+    )
+    assert sorted(os.listdir(config_folder)) == [".generate.lock"]
+    filler.unlink()
+    again = run_command(*generate_args(small_disk / "data", settings), check=True)
+    assert "done: 150,600 examples" in again.stderr

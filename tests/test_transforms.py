@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline import generator
+from pipeline import contract, generator
 from pipeline.moving_line import moving_line_dataset_builder as dataset_builder
-from pipeline.transforms import ShardPlan, WriteShards, chunk_ranges, shard_bounds
+from pipeline.transforms import SplitPlan, WriteShards, chunk_ranges, shard_bounds, shard_range
 
 
 @pytest.mark.parametrize(
@@ -27,27 +27,85 @@ def test_shard_bounds_are_consecutive_and_nearly_equal(count, shards, expected):
     assert shard_bounds(count, shards) == expected
 
 
-def test_write_shards_writes_each_index_range_in_order_and_records_what_it_wrote(tmp_path):
+def test_a_shard_of_a_huge_split_is_planned_without_the_others():
+    # A trillion examples in a million shards: shard i is computed alone, in constant memory.
+    count, shards = 10**12, 10**6
+    assert shard_range(count, shards, 0) == (0, 10**6)
+    assert shard_range(count, shards, shards - 1) == (count - 10**6, 10**6)
+    plan = SplitPlan("train", count, shards, "/data", ("tfrecord",))
+    first = next(iter(plan.shards()))
+    assert first.file_name("tfrecord") == "moving_line-train.tfrecord-0000000-of-1000000"
+
+
+def test_write_shards_writes_each_index_range_in_order_in_every_format(tmp_path):
+    from array_record.python.array_record_module import ArrayRecordReader
+
     features = dataset_builder.Builder(config=dataset_builder.make_config(size=6), data_dir=str(tmp_path)).info.features
-    plans = [
-        ShardPlan("validation", index, start, count, str(tmp_path / f"validation-{index}.tfrecord"))
-        for index, (start, count) in enumerate(shard_bounds(11, 3))
-    ] + [ShardPlan("test", 0, 0, 5, str(tmp_path / "test-0.tfrecord"))]
+    formats = ("tfrecord", "array_record")
+    splits = [SplitPlan("validation", 11, 3, str(tmp_path), formats), SplitPlan("test", 5, 1, str(tmp_path), formats)]
     shards_path = str(tmp_path / "shards.json")
     with TestPipeline() as pipeline:
-        _ = pipeline | WriteShards(plans, seed=3, size=6, features=features, shards_path=shards_path)
+        _ = pipeline | WriteShards(splits, seed=3, size=6, shards_path=shards_path)
 
-    for plan in plans:
-        expected = generator.generate(3, plan.split, plan.start, plan.count, 6)
-        # Decoded with the dataset's own features, as a reader of the files would.
-        records = [
-            features.deserialize_example_np(record) for record in tf.data.TFRecordDataset(plan.path).as_numpy_iterator()
-        ]
-        assert [int(record["label"]) for record in records] == expected["label"].tolist()
-        assert all((record["video"] == video).all() for record, video in zip(records, expected["video"], strict=True))
+    for split in splits:
+        for plan in split.shards():
+            expected = generator.generate(3, plan.split, plan.start, plan.count, 6)
+            tfrecords = list(tf.data.TFRecordDataset(str(tmp_path / plan.file_name("tfrecord"))).as_numpy_iterator())
+            reader = ArrayRecordReader(str(tmp_path / plan.file_name("array_record")))
+            assert reader.read_all() == tfrecords  # the same records in both formats
+            # Decoded with the dataset's own features, as a reader of the files would.
+            decoded = [features.deserialize_example_np(record) for record in tfrecords]
+            assert [int(record["label"]) for record in decoded] == expected["label"].tolist()
+            for record, video, path in zip(decoded, expected["video"], expected["path"], strict=True):
+                assert (record["video"] == video).all() and (record["path"] == path).all()
     with open(shards_path) as file:
         recorded = json.load(file)
-    assert sorted((split, index, examples) for split, index, examples, _ in recorded) == sorted(
+    assert sorted((split, index, examples) for split, index, examples, _, _ in recorded) == sorted(
         [("test", 0, 5)] + [("validation", index, count) for index, (_, count) in enumerate(shard_bounds(11, 3))]
     )
-    assert all(size > 0 for *_, size in recorded)
+    for split, index, _, serialized, files in recorded:
+        assert serialized > 0
+        assert sorted(files) == sorted(
+            contract.shard_file_name(split, name, index, 3 if split == "validation" else 1) for name in formats
+        )
+        assert all((tmp_path / name).stat().st_size == size for name, size in files.items())
+    # Nothing else: no temporary files left beside the shards.
+    assert len(list(tmp_path.iterdir())) == 2 * 4 + 1
+
+
+@pytest.mark.parametrize("size", [2, 8, 50, 255])
+@pytest.mark.parametrize("seed", [0, 11])
+def test_records_decode_to_the_generators_examples_exactly_as_tfds_serializes_them(size, seed):
+    from tensorflow_datasets.core import example_serializer
+
+    from pipeline import records
+
+    name = contract.config_name(size)
+    config = name if size in contract.PREDEFINED_COUNTS else dataset_builder.make_config(size)
+    features = dataset_builder.Builder(config=config, data_dir="/nonexistent").info.features
+    serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+    count = 2 if size == 255 else 40
+    expected = generator.generate(seed, "test", 10**9, count, size)
+    for index, record in enumerate(records.serialize_examples(seed, "test", 10**9, count, size)):
+        example = {name: expected[name][index] for name in ("video", "label", "path")}
+        # The same tf.train.Example as TFDS's own encoding and serializer (map order aside)...
+        tfds_record = serializer.serialize_example(features.encode_example(example))
+        assert tf.train.Example.FromString(record) == tf.train.Example.FromString(tfds_record)
+        # ...which decodes to the generator's example.
+        decoded = features.deserialize_example_np(record)
+        assert int(decoded["label"]) == int(example["label"])
+        assert (decoded["video"] == example["video"]).all() and (decoded["path"] == example["path"]).all()
+
+
+@pytest.mark.parametrize(
+    "counts, workers, expected",
+    [
+        ((1_000_000, 50_000, 50_000), 2, 50_000),  # 5% splits set the size: 22 equal shards, 11 per worker
+        ((100_000, 5_000, 5_000), 2, 5_000),
+        ((150_000, 300, 300), 2, 9_413),  # tiny splits do not shrink the others' shards
+        ((1024, 256, 256), 2, dataset_builder.MIN_SHARD_EXAMPLES),
+        ((1_000_000, 50_000, 50_000), None, None),  # a remote runner balances by itself
+    ],
+)
+def test_local_shards_are_of_about_equal_size_with_several_per_worker(counts, workers, expected):
+    assert dataset_builder.balance_examples(counts, workers) == expected

@@ -212,3 +212,21 @@ def test_tensorflow_decodes_the_stream():
         out = video_codec.compress_video(video)
         decoded = tf.io.decode_raw(tf.io.decode_compressed(out, compression_type="ZLIB"), tf.uint8)
         assert np.array_equal(decoded.numpy(), video.reshape(-1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**63 - 1),
+    split=st.sampled_from(generator.SPLITS),
+    start=st.integers(0, 10**12),
+    size=st.sampled_from([2, 3, 8, 50, 181, 182, 255]),
+)
+def test_streams_from_paths_are_the_streams_of_the_drawn_videos(seed, split, start, size):
+    count = 2 if size > 100 else 9
+    labels, rows = generator.make_paths(seed, split, start, count, size)
+    videos = generator.render(labels, rows)
+    assert video_codec.compress_paths(labels, rows) == [video_codec.compress_video(video) for video in videos]
+
+
+def test_streams_from_paths_of_an_empty_batch():
+    assert video_codec.compress_paths(np.zeros(0, np.int64), np.zeros((0, 8), np.uint8)) == []

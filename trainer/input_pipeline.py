@@ -16,6 +16,7 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from pipeline import contract
 from pipeline.cli import UsageError
 
 DATASET_NAME = "moving_line"
@@ -25,8 +26,21 @@ RANDOM_ALGORITHM = "philox"
 
 
 def load_builder(data_dir: str, size: int):
-    """The moving_line/size_<size> builder found in data_dir; a UsageError saying how to make it otherwise."""
-    name = f"{DATASET_NAME}/size_{size}"
+    """The moving_line/size_<size> builder found in data_dir; a UsageError saying how to make it otherwise.
+
+    A damaged build (metadata missing or unreadable, a shard missing) raises contract.DamagedDatasetError
+    (one line, exit code 1) before TFDS reads anything. Shards cut short or corrupt inside are found
+    when read (trainer.corrupt_data names them; skip_corrupt_records reads what is left).
+    """
+    name = contract.full_name(size)
+    folder = contract.dataset_folder(data_dir, size)
+    if tf.io.gfile.exists(folder):
+        info = contract.check_complete(folder, check_sizes=False)
+        if info.get("fileFormat", "tfrecord") != "tfrecord":
+            raise UsageError(
+                f"{folder} holds no TFRecord files (only {info['fileFormat']}), which tf.data reads; generate it with "
+                f"`python -m pipeline.generate --data_dir {data_dir} --size {size} --file_format tfrecord`"
+            )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, ValueError):

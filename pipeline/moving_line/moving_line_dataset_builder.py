@@ -17,13 +17,20 @@ from etils import epath
 # own); tfds.core does not re-export it.
 from tensorflow_datasets.core.dataset_builder import FileReaderBuilder
 
-from pipeline import generator
+from pipeline import contract, generator, records
 from pipeline.video_feature import MovingLineVideo
 
-DEFAULT_SEED = 0
+DEFAULT_SEED = contract.DEFAULT_SEED
 # Each shard is written by one worker. TFDS's rule alone allows shards up to 1 GiB, which would
 # leave workers idle on a split of a few hundred MB; capping shards here spreads such a split.
 MAX_SHARD_BYTES = 64 << 20
+# A local runner hands each worker an equal number of shards, whatever their sizes: with several
+# shards per worker, all of about the same size, every worker gets about the same work. A split a
+# little smaller than that size sets it (so that its one shard is as big as the others'); a much
+# smaller split is too little work to matter.
+SHARDS_PER_WORKER = 8
+# Below this a shard is not worth splitting: a worker makes it in a fraction of a second.
+MIN_SHARD_EXAMPLES = 2_000
 # Written by the Beam job beside the shards: what each shard holds. Read, then deleted.
 SHARDS_FILE = "shards.json"
 
@@ -32,57 +39,95 @@ SHARDS_FILE = "shards.json"
 class MovingLineConfig(tfds.core.BuilderConfig):
     """A frame size, and how many examples each split gets unless the build says otherwise."""
 
-    size: int = 50
-    num_train: int = 10_000
-    num_validation: int = 1_000
-    num_test: int = 2_000
+    size: int = contract.DEFAULT_SIZE
+    num_train: int = contract.DEFAULT_COUNTS[0]
+    num_validation: int = contract.DEFAULT_COUNTS[1]
+    num_test: int = contract.DEFAULT_COUNTS[2]
 
 
-def make_config(size: int, num_train: int = 10_000, num_validation: int = 1_000, num_test: int = 2_000):
+def make_config(size: int, num_train=None, num_validation=None, num_test=None):
     """A config named after its frame size (its data lives in moving_line/size_<S>/)."""
+    defaults = contract.default_counts(size)
     return MovingLineConfig(
-        name=f"size_{size}",
+        name=contract.config_name(size),
         description=f"{size}x{size} frames, {size} frames per video.",
         size=size,
-        num_train=num_train,
-        num_validation=num_validation,
-        num_test=num_test,
+        num_train=defaults["train"] if num_train is None else num_train,
+        num_validation=defaults["validation"] if num_validation is None else num_validation,
+        num_test=defaults["test"] if num_test is None else num_test,
     )
+
+
+def num_shards_for(count: int, bytes_per_example: float, shard_config, balance_examples: int | None) -> int:
+    """Shards of a split: TFDS's rule, split further to at most 64 MiB a shard and, for a local runner,
+    to shards of about balance_examples; num_shards when set."""
+    if shard_config.num_shards:
+        return shard_config.num_shards
+    total_bytes = int(count * bytes_per_example)
+    num_shards = max(
+        shard_config.get_number_shards(total_size=total_bytes, num_examples=count),
+        -(-total_bytes // MAX_SHARD_BYTES),
+        -(-count // balance_examples) if balance_examples else 1,
+    )
+    return max(1, min(num_shards, count))
+
+
+def balance_examples(counts, num_workers: int | None) -> int | None:
+    """Examples per shard that give each of num_workers local workers several shards of about equal work."""
+    if not num_workers:
+        return None
+    counts = list(counts)
+    size = -(-sum(counts) // (SHARDS_PER_WORKER * num_workers))
+    smallest = min(counts)
+    if size // 4 <= smallest < size:
+        size = smallest
+    return max(MIN_SHARD_EXAMPLES, size)
 
 
 class Builder(FileReaderBuilder):
     """Videos of a line that grows left or right across the frame, one pixel per frame.
 
     Built by one Beam pipeline (pipeline.transforms.WriteShards) that writes each shard
-    directly from the worker generating it. TFDS's GeneratorBasedBuilder would send every
-    example through a GroupByKey to sort it into its shard, which Beam's local runners
-    hold in memory (over 5 GB for a million size-50 examples).
+    directly from the worker generating it, in every requested file format. TFDS's
+    GeneratorBasedBuilder would send every example through a GroupByKey to sort it into
+    its shard, which Beam's local runners hold in memory (over 5 GB for a million size-50
+    examples).
     """
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {
-        "1.0.0": "First release: video (zlib uint8) and label; Philox stream per (seed, split).",
-        "1.1.0": "Adds path: the (row, column) each frame lights, 2 bytes a frame, to draw videos on the accelerator.",
-    }
-    BUILDER_CONFIGS = [
-        make_config(size=50),
-        make_config(size=16, num_train=2_000, num_validation=200, num_test=500),
-        make_config(size=8, num_train=500, num_validation=100, num_test=100),
-    ]
-    DEFAULT_CONFIG_NAME = "size_50"
+    VERSION = tfds.core.Version(contract.VERSION)
+    RELEASE_NOTES = contract.RELEASE_NOTES
+    BUILDER_CONFIGS = [make_config(size) for size in contract.PREDEFINED_COUNTS]
+    DEFAULT_CONFIG_NAME = contract.config_name(contract.DEFAULT_SIZE)
 
     def __init__(
-        self, *, num_train=None, num_validation=None, num_test=None, seed=DEFAULT_SEED, progress_folder=None, **kwargs
+        self,
+        *,
+        num_train=None,
+        num_validation=None,
+        num_test=None,
+        seed=DEFAULT_SEED,
+        progress_folder=None,
+        file_formats=None,
+        num_workers=None,
+        **kwargs,
     ):
         """Counts left as None take the config's; the seed picks the random streams.
 
-        progress_folder: a local folder where workers leave one empty file per chunk
-        made, so that a local run can show progress (see pipeline.generate).
+        file_formats: the formats to write (contract.FILE_FORMATS; default TFRecord, or TFDS's
+        file_format argument). num_workers: the local runner's worker count, to plan shards that
+        keep every worker busy (None: TFDS's rule and the 64 MiB cap alone).
+        progress_folder: a local folder where workers leave one empty file per chunk made, so
+        that a local run can show progress (see pipeline.generate).
         """
         # Set before TFDS's __init__, which may already read self.info.
         self._requested_counts = {"train": num_train, "validation": num_validation, "test": num_test}
         self._seed = seed
         self.progress_folder = progress_folder
+        self.num_workers = num_workers
+        if file_formats is None and kwargs.get("file_format") is not None:
+            file_formats = [tfds.core.FileFormat.from_value(kwargs["file_format"]).value]
+        self.file_formats = contract.ordered_formats(file_formats or contract.DEFAULT_FILE_FORMATS)
+        kwargs["file_format"] = self.file_formats[0]
         super().__init__(**kwargs)
 
     def split_counts(self) -> dict[str, int]:
@@ -97,12 +142,12 @@ class Builder(FileReaderBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = generator.check_size(self.builder_config.size)
-        return self.dataset_info_from_configs(
+        info = self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
                     # zlib keeps a 125 kB size-50 video under 400 bytes; TFDS decodes it in-graph.
                     "video": MovingLineVideo(shape=(size, size, size, 1), dtype=np.uint8, encoding="zlib"),
-                    "label": tfds.features.ClassLabel(names=list(generator.CLASS_NAMES)),
+                    "label": tfds.features.ClassLabel(names=list(contract.CLASS_NAMES)),
                     # The same video as 2 bytes a frame: frame t lights path[0..t]. Trainers render it on the
                     # accelerator: inflating 125 kB a video on the host cannot keep a GPU fed.
                     "path": tfds.features.Tensor(shape=(size, 2), dtype=np.uint8, encoding="bytes"),
@@ -114,6 +159,32 @@ class Builder(FileReaderBuilder):
             metadata=tfds.core.MetadataDict(self.settings()),
             homepage="https://machinelearningmastery.com/cnn-long-short-term-memory-networks/",
         )
+        # For a dataset not built yet, TFDS looks for published metadata in its own bucket, which never holds
+        # this dataset, and leaves an empty temporary folder behind each time.
+        info.initialize_from_bucket = lambda: None
+        return info
+
+    def bytes_per_example(self) -> float:
+        """Serialized bytes of an example, measured on a few: what the shard rule and the disk estimate need."""
+        return records.mean_record_bytes(self._seed, self.builder_config.size)
+
+    def split_plans(self, folder: str, shard_config, bytes_per_example: float | None = None) -> list:
+        """One SplitPlan per split (its shards are expanded by the workers)."""
+        from pipeline import transforms
+
+        bytes_per_example = bytes_per_example or self.bytes_per_example()
+        counts = self.split_counts()
+        balance = balance_examples(counts.values(), self.num_workers)
+        return [
+            transforms.SplitPlan(
+                split,
+                count,
+                num_shards_for(count, bytes_per_example, shard_config, balance),
+                os.fspath(folder),
+                self.file_formats,
+            )
+            for split, count in counts.items()
+        ]
 
     def _download_and_prepare(self, dl_manager, download_config=None):
         del dl_manager  # nothing to download: every example is computed
@@ -122,58 +193,35 @@ class Builder(FileReaderBuilder):
         from pipeline import transforms
 
         download_config = download_config or tfds.download.DownloadConfig()
-        templates = {split: self._get_filename_template(split) for split in self.split_counts()}
-        plans = self.shard_plans(templates, download_config.get_shard_config())
+        # During the build self.data_dir is TFDS's incomplete.* folder, renamed when everything is written.
+        plans = self.split_plans(self.data_dir, download_config.get_shard_config())
         shards_path = os.path.join(self.data_dir, SHARDS_FILE)
-        write = transforms.WriteShards(
-            plans, self._seed, self.builder_config.size, self.info.features, shards_path, self.progress_folder
-        )
+        write = transforms.WriteShards(plans, self._seed, self.builder_config.size, shards_path, self.progress_folder)
         with beam.Pipeline(runner=download_config.beam_runner, options=download_config.beam_options) as pipeline:
             _ = pipeline | "WriteShards" >> write
 
         shards_file = epath.Path(shards_path)
         shards = json.loads(shards_file.read_text())
         shards_file.unlink()
-        split_infos = []
-        for split, template in templates.items():
-            held = sorted((index, examples, size) for name, index, examples, size in shards if name == split)
+        split_infos, file_bytes = [], {}
+        for plan in plans:
+            held = sorted((index, examples, size) for name, index, examples, size, _ in shards if name == plan.split)
+            expected = list(enumerate(count for _, count in transforms.shard_bounds(plan.count, plan.num_shards)))
+            if [(index, examples) for index, examples, _ in held] != expected:
+                raise RuntimeError(f"the {plan.split} shards written do not match the plan; run the build again")
             split_infos.append(
                 tfds.core.SplitInfo(
-                    name=split,
+                    name=plan.split,
                     shard_lengths=[examples for _, examples, _ in held],
                     num_bytes=sum(size for _, _, size in held),
-                    filename_template=template,
+                    filename_template=self._get_filename_template(plan.split),
                 )
             )
+        for *_, sizes in shards:
+            file_bytes.update(sizes)
         self.info.set_splits(tfds.core.SplitDict(split_infos))
-
-    def shard_plans(self, templates: dict, shard_config) -> list:
-        """One plan per shard: TFDS's rule, split further to at most 64 MiB a shard, unless num_shards is set."""
-        from pipeline import transforms
-
-        bytes_per_example = self.bytes_per_example()
-        plans = []
-        for split, count in self.split_counts().items():
-            total_bytes = count * bytes_per_example
-            num_shards = shard_config.num_shards or max(
-                shard_config.get_number_shards(total_size=total_bytes, num_examples=count),
-                -(-total_bytes // MAX_SHARD_BYTES),
-            )
-            num_shards = max(1, min(num_shards, count))
-            for index, (start, shard_count) in enumerate(transforms.shard_bounds(count, num_shards)):
-                path = os.fspath(templates[split].sharded_filepath(shard_index=index, num_shards=num_shards))
-                plans.append(transforms.ShardPlan(split, index, start, shard_count, path))
-        return plans
-
-    def bytes_per_example(self, sample: int = 16) -> int:
-        """Serialized bytes of an example, measured on a few: what the shard rule needs."""
-        from tensorflow_datasets.core import example_serializer
-
-        features = self.info.features
-        serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
-        arrays = generator.generate(self._seed, "train", 0, sample, self.builder_config.size)
-        sizes = [
-            len(serializer.serialize_example(features.encode_example({name: arrays[name][i] for name in features})))
-            for i in range(sample)
-        ]
-        return max(1, sum(sizes) // sample)
+        for file_format in self.file_formats[1:]:
+            self.info.add_alternative_file_format(file_format)
+        # For contract.check_complete: a shard cut short or replaced is told from a whole one by its size.
+        self.info.metadata["file_bytes"] = dict(sorted(file_bytes.items()))
+        self.info.metadata["file_formats"] = list(self.file_formats)
