@@ -26,6 +26,8 @@ SMALLEST = {
         "--candidates=path",
     ],  # fmt: skip
     "accuracy": ["--configs=smoke", "--target=0"],
+    "loop": ["--data_dir={data}", f"--size={SMALL['size']}", "--batch_sizes=8", "--steps=1", "--repeats=1"],
+    "resume": ["--data_dir={data}", f"--size={SMALL['size']}", "--repeats=1"],
 }
 
 

@@ -70,8 +70,8 @@ class PeerReadError(Exception):
 
 @contextlib.contextmanager
 def named_in_errors(builder, splits, skip_hint: str):
-    """Turns a read error from damaged shards of these splits (here or on another worker) into a UsageError
-    naming the files."""
+    """Turns a read error from damaged shards of these splits (here or on another worker) into a one-line
+    FaultError (exit code 1) naming the files."""
     try:
         yield
     except (*READ_ERRORS, PeerReadError) as error:
@@ -82,7 +82,7 @@ def named_in_errors(builder, splits, skip_hint: str):
             ) from None
         if not damaged:
             raise  # not a damaged shard: TensorFlow's own error is the best description
-        raise cli.UsageError(
+        raise cli.FaultError(
             f"corrupt data in {'; '.join(shard.describe() for shard in damaged)}: regenerate the dataset "
             f"(delete {builder.data_dir} and run pipeline.generate again) or skip the bad records with {skip_hint}"
         ) from error
@@ -97,5 +97,5 @@ def log_skipped(prog: str, builder, split: str, read: int | None = None) -> int:
         files = "; ".join(shard.describe() for shard in damaged) or "no damaged shard found"
         cli.log(prog, f"skip_corrupt_records: skipped {skipped:,} of {expected:,} {split} records ({files})")
     if expected - skipped < 1:
-        raise cli.UsageError(f"no readable {split} records in {builder.data_dir}; regenerate the dataset")
+        raise cli.FaultError(f"no readable {split} records in {builder.data_dir}; regenerate the dataset")
     return skipped

@@ -19,7 +19,6 @@ import tensorflow_datasets as tfds
 from pipeline import contract
 from pipeline.cli import UsageError
 
-DATASET_NAME = "moving_line"
 AUTOTUNE = tf.data.AUTOTUNE
 # Counter-based and the same on every platform: the input order depends on the seed alone.
 RANDOM_ALGORITHM = "philox"
@@ -61,6 +60,16 @@ def load_builder(data_dir: str, size: int):
             f"--size {size}`"
         )
     return builder
+
+
+def check_data_seed(builder, data_seed: int):
+    """A UsageError when the dataset was generated with another seed than the config's data_seed."""
+    stored = builder.info.metadata.get("seed") if builder.info.metadata else None
+    if stored is not None and int(stored) != data_seed:
+        raise UsageError(
+            f"{builder.data_dir} was generated with seed {stored}, but the config says data_seed {data_seed}; "
+            f"set data_seed to {stored}, or generate the data with --seed {data_seed} into another --data_dir"
+        )
 
 
 def decode_video(encoded: tf.Tensor, video_feature) -> tf.Tensor:

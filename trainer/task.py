@@ -82,6 +82,7 @@ def main(argv=None):
     from trainer import corrupt_data, files, input_pipeline, train
 
     builder = input_pipeline.load_builder(args.data_dir, config["size"])
+    input_pipeline.check_data_seed(builder, config["data_seed"])
     plan = train.plan_run(builder, config)
 
     # Where: one device, a mirror, or every worker of TF_CONFIG (whose constructor waits for all of them).
