@@ -17,6 +17,7 @@ BENCHMARKS = {
     "feed": "bench.feed",
     "accuracy": "bench.accuracy",
     "loop": "bench.loop",
+    "resume": "bench.resume",
 }
 
 
