@@ -53,6 +53,25 @@ def raise_interrupted(signal_number, frame):
     raise Interrupted(signal_number)
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """SIGTERM and SIGINT arriving inside are raised (as Interrupted) once it ends.
+
+    For calls into TensorFlow: an exception raised by a signal handler in the middle of one can come out
+    as another error (a failed function call, with a traceback) instead of the interrupt.
+    """
+    pending = []
+    previous = {number: signal.signal(number, lambda number, frame: pending.append(number))
+                for number in (signal.SIGTERM, signal.SIGINT)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if pending:
+            raise Interrupted(pending[0])
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag on one line (no usage dump) and exits 2."""
 

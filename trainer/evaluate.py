@@ -27,8 +27,15 @@ def evaluate(predict_probabilities, dataset, class_names) -> dict:
 
     confusion = np.zeros((2, 2), np.int64)  # rows: expected class, columns: predicted class
     loss_sum, count = 0.0, 0
-    for video, label in dataset:
-        probability = np.clip(np.asarray(predict_probabilities(video), np.float64).reshape(-1), EPSILON, 1 - EPSILON)
+    batches = iter(dataset)
+    while True:
+        with cli.interrupts_deferred():  # each batch read and predicted whole
+            batch = next(batches, None)
+            if batch is None:
+                break
+            video, label = batch
+            probability = np.asarray(predict_probabilities(video), np.float64).reshape(-1)
+        probability = np.clip(probability, EPSILON, 1 - EPSILON)
         expected = np.asarray(label).astype(np.int64).reshape(-1)
         predicted = (probability > 0.5).astype(np.int64)
         loss_sum += float(-np.sum(expected * np.log(probability) + (1 - expected) * np.log(1 - probability)))

@@ -294,9 +294,10 @@ def main(argv=None):
     predicted = correct = labelled = 0
     try:
         for video, labels in batches:
-            outputs = signature(video=video)
-            class_names = [name.decode() for name in outputs["class_name"].numpy()]
-            probabilities = outputs["probability_right"].numpy()
+            with cli.interrupts_deferred():
+                outputs = signature(video=video)
+                class_names = [name.decode() for name in outputs["class_name"].numpy()]
+                probabilities = outputs["probability_right"].numpy()
             for index, (class_name, probability) in enumerate(zip(class_names, probabilities, strict=True)):
                 expected = None if labels is None else CLASS_NAMES[int(labels[index])]
                 print(describe(class_name, float(probability), expected))
