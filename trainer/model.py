@@ -331,25 +331,41 @@ class PathLSTM(keras.layers.Layer):
 
     def call(self, inputs):
         cells, changes, empty = inputs
-        units, filters = self.units, changes.shape[-1]
-        kernel = keras.ops.reshape(self.cell.kernel, (-1, filters, 4 * units))  # [cells, filters, gates]
-        rows = keras.ops.take(kernel, cells, axis=0)  # [batch, T, 4, filters, gates]
-        increments = keras.ops.einsum("btkf,btkfg->btg", changes, rows)
-        start = keras.ops.matmul(empty, keras.ops.sum(kernel, axis=0)) + self.cell.bias
-        projections = start[:, None, :] + keras.ops.cumsum(increments, axis=1)  # [batch, T, gates]
-        output = carry = keras.ops.zeros_like(start[:, :units])
-        for frame in range(projections.shape[1]):
-            gates = projections[:, frame] + keras.ops.matmul(output, self.cell.recurrent_kernel)
-            input_gate, forget_gate, candidate, output_gate = keras.ops.split(gates, 4, axis=-1)
-            carry = keras.ops.sigmoid(forget_gate) * carry + keras.ops.sigmoid(input_gate) * keras.ops.tanh(candidate)
-            output = keras.ops.sigmoid(output_gate) * keras.ops.tanh(carry)
-        return output
+        filters, gates = changes.shape[-1], 4 * self.units
+        kernel = tf.reshape(self.cell.kernel, (-1, filters, gates))  # [pool cells, filters, gates]
+        # Time-major, so that the recurrence reads one frame's projections as one block.
+        rows = tf.gather(kernel, tf.transpose(cells, (1, 0, 2)))  # [T, batch, 4, filters, gates]
+        increments = tf.reduce_sum(tf.transpose(changes, (1, 0, 2, 3))[..., None] * rows, axis=(2, 3))
+        start = tf.matmul(empty, tf.reduce_sum(kernel, axis=0)) + self.cell.bias  # the empty frame's
+        return lstm_over_running_sums(start, increments, self.cell.recurrent_kernel)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.units)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "features": self.features}
+
+
+def lstm_over_running_sums(start, increments, recurrent_kernel):
+    """LSTM's recurrence (gates i, f, c, o; sigmoid and tanh) over the input projections start + increments[0]
+    + ... + increments[t] (start [batch, 4 x units], increments [T, batch, 4 x units]): the last output.
+
+    The running sum is carried through the loop (tf.cumsum is a windowed reduction under XLA, T times
+    the work). A tf.while_loop with its trip count (XLA needs it for the gradient): unrolled, XLA fused
+    each step's elementwise work into the next steps' and recomputed it many times over in the backward pass.
+    """
+    frames, units = increments.shape[0], recurrent_kernel.shape[0]
+    zeros = tf.zeros_like(start[:, :units])
+
+    def step(frame, projection, output, carry):
+        projection = projection + tf.gather(increments, frame)
+        gates = projection + tf.matmul(output, recurrent_kernel)
+        input_gate, forget_gate, candidate, output_gate = tf.split(gates, 4, axis=-1)
+        carry = tf.sigmoid(forget_gate) * carry + tf.sigmoid(input_gate) * tf.tanh(candidate)
+        return frame + 1, projection, tf.sigmoid(output_gate) * tf.tanh(carry), carry
+
+    loop = tf.while_loop(lambda frame, *_: frame < frames, step, (0, start, zeros, zeros), maximum_iterations=frames)
+    return loop[2]
 
 
 def build_path_model(size: int, *, incremental: bool = True, xla_layers: bool = False) -> keras.Model:
