@@ -48,6 +48,8 @@ DEFAULTS = {
     # and the whole train step compiled by XLA: 2-3x faster on 2 CPU cores, 2.2-2.5x on an H100 at batch
     # 1,024 (BENCHMARKS.md). Mirrors over several devices keep Keras's layers. Exports have Keras's layers.
     "xla_layers": True,
+    # The CNN-LSTM computed from the path without drawing a frame (trainer.model.PathConv2D); false: draw them all.
+    "incremental_model": True,
     # Multi-worker training (TF_CONFIG naming several tasks): an all-reduce waiting longer than this for a
     # peer fails the job rather than hanging it (a dead peer is also noticed by the strategy's health check).
     "collective_timeout_seconds": 60,
