@@ -14,6 +14,7 @@ BENCHMARKS = {
     "generate": "bench.generate",
     "input": "bench.input",
     "feed": "bench.feed",
+    "step": "bench.step",
     "accuracy": "bench.accuracy",
 }
 
