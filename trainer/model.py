@@ -332,10 +332,13 @@ class PathLSTM(keras.layers.Layer):
     def call(self, inputs):
         cells, changes, empty = inputs
         filters, gates = changes.shape[-1], 4 * self.units
+        frames, touched = cells.shape[1], cells.shape[2] * filters
         kernel = tf.reshape(self.cell.kernel, (-1, filters, gates))  # [pool cells, filters, gates]
-        # Time-major, so that the recurrence reads one frame's projections as one block.
-        rows = tf.gather(kernel, tf.transpose(cells, (1, 0, 2)))  # [T, batch, 4, filters, gates]
-        increments = tf.reduce_sum(tf.transpose(changes, (1, 0, 2, 3))[..., None] * rows, axis=(2, 3))
+        # Time-major, so that the recurrence reads one frame's projections as one block. Each frame's
+        # increment is a [1, 4 x filters] x [4 x filters, gates] product of its changes and their kernel rows.
+        rows = tf.reshape(tf.gather(kernel, tf.transpose(cells, (1, 0, 2))), (-1, touched, gates))
+        changes = tf.reshape(tf.transpose(changes, (1, 0, 2, 3)), (-1, 1, touched))
+        increments = tf.reshape(tf.matmul(changes, rows), (frames, -1, gates))  # [T, batch, gates]
         start = tf.matmul(empty, tf.reduce_sum(kernel, axis=0)) + self.cell.bias  # the empty frame's
         return lstm_over_running_sums(start, increments, self.cell.recurrent_kernel)
 
