@@ -267,11 +267,12 @@ def test_the_incremental_model_is_initialised_as_the_video_model_is():
 def test_the_incremental_model_computes_its_gradients_per_replica_under_a_mirrored_strategy():
     import tensorflow as tf
 
-    devices = [device.name for device in tf.config.list_logical_devices("CPU")][:2]
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")][:2]  # two if the CPU is split
     strategy = tf.distribute.MirroredStrategy(devices)
     with strategy.scope():
         incremental = model_lib.build_path_model(8)
         optimizer = keras.optimizers.Adam(0.01)
+        optimizer.build(incremental.trainable_variables)
     rendering = model_lib.build_path_model(8, incremental=False)
     weights = random_weights(rendering, seed=1)
     incremental.set_weights(weights)
@@ -280,16 +281,15 @@ def test_the_incremental_model_computes_its_gradients_per_replica_under_a_mirror
     labels = tf.constant(path.numpy()[:, 1, 1:] > path.numpy()[:, 0, 1:], tf.float32)  # right: the column grows
     compiled = tf.function(lambda path, labels: output_and_gradients(incremental, path, labels), jit_compile=True)
 
-    @tf.function
-    def step(path, labels):
+    def replica_step(path, labels):
         results = compiled(path, labels)
         optimizer.apply(results[1:], incremental.trainable_variables)  # outside XLA, as the training loop does
         return results
 
-    results = [strategy.experimental_local_results(values) for values in strategy.run(step, args=(path, labels))]
+    per_replica = tf.function(lambda path, labels: strategy.run(replica_step, args=(path, labels)))(path, labels)
     expected = output_and_gradients(rendering, path, labels)
     for replica in range(strategy.num_replicas_in_sync):
-        assert_equal_within([values[replica] for values in results], expected)
+        assert_equal_within([strategy.experimental_local_results(values)[replica] for values in per_replica], expected)
     assert not np.allclose(incremental.get_weights()[2], weights[2])  # the optimizer applied them
 
 

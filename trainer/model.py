@@ -1,4 +1,4 @@
-"""The CNN-LSTM of ../shared/SPEC.md, with time folded into the batch.
+"""The tutorial's CNN-LSTM (README.md), with time folded into the batch; and computed from the path.
 
 The tutorial wraps Conv2D, MaxPooling2D and Flatten in TimeDistributed. Keras 3's
 TimeDistributed on the TensorFlow backend runs the wrapped layer frame by frame
@@ -9,13 +9,19 @@ LSTM. The layers, their shapes and the parameter count (240,661 at S = 50) are t
 tutorial's; build_time_distributed_model keeps the tutorial's form for comparison.
 
 Training feeds the model the stored `path` (the pixel each frame lights, 2 bytes a frame)
-rather than the video: RenderVideo draws the frames inside the train step, on the accelerator,
-so the host neither inflates 125 kB per video nor copies it to the device. The trained layers
-see exactly the stored videos; exports take `video` as the tutorial's model does.
+rather than the video, so the host neither inflates 125 kB per video nor copies it to the
+device. build_path_model computes the same CNN-LSTM from it in one of two ways: RenderVideo
+draws the frames inside the train step and the layers run on them (the reference), or, by
+default, PathConv2D and PathLSTM compute it without drawing a frame. Frame t is frame t-1 plus
+one pixel, which changes at most 8 of the 1,152 pooled features, so each frame's LSTM input
+projection is the previous one's plus at most 8 kernel rows: the CNN side costs O(T x 8 x 200)
+a sequence instead of O(T x S x S) pixels. Both have build_model's weights, in its order;
+exports hold build_model's layers and take `video` as the tutorial's model does.
 
-Training on one device (a CPU or one GPU) uses XlaConv2D and XlaMaxPooling2D in place of Conv2D
-and MaxPooling2D, and XLA's LSTM loop in place of cuDNN's (the same layers computed another way,
-see XlaConv2D), with the whole train step compiled by XLA. Exports use Keras's own.
+The rendering model, trained on one device (a CPU or one GPU), uses XlaConv2D and XlaMaxPooling2D
+in place of Conv2D and MaxPooling2D, and XLA's LSTM loop in place of cuDNN's (the same layers
+computed another way, see XlaConv2D), with the whole train step compiled by XLA. Exports use
+Keras's own.
 """
 
 from __future__ import annotations
@@ -189,12 +195,6 @@ def path_input(size: int) -> keras.KerasTensor:
     return keras.Input(shape=(size, 2), dtype="uint8", name="path")
 
 
-def build_training_model(config: dict, xla_layers: bool = False) -> keras.Model:
-    """build_path_model for a config: its size, and its incremental_model key (incremental when absent)."""
-    incremental = config.get("incremental_model", True)
-    return build_path_model(config["size"], incremental=incremental, xla_layers=xla_layers)
-
-
 MIN_PATH_MODEL_SIZE = 3  # below this the max-pool leaves no feature at all
 
 
@@ -211,6 +211,16 @@ def pool_cells_touched(coordinate, cells: int):
     exists = keras.ops.stack([(low >= 0) & (low < high) & (low < cells), high < cells], axis=-1)
     touched = keras.ops.clip(keras.ops.stack([low, high], axis=-1), 0, cells - 1)
     return touched, exists
+
+
+def lit_frame_map(rows, columns, size: int):
+    """[batch, S * S] int32: the frame that lights each pixel (row-major), or T where no frame does."""
+    frames = rows.shape[1]
+    step = keras.ops.reshape(keras.ops.arange(1, frames + 1, dtype="float32"), (1, frames, 1))
+    # 1 + the lighting frame, or 0: small integers, exact in float32 (as in RenderVideo).
+    lit_at = keras.ops.einsum("btr,btc->brc", keras.ops.one_hot(rows, size) * step, keras.ops.one_hot(columns, size))
+    lit_at = keras.ops.reshape(keras.ops.cast(lit_at, "int32"), (-1, size * size))
+    return keras.ops.where(lit_at > 0, lit_at - 1, frames)
 
 
 @keras.saving.register_keras_serializable(package="moving_line")
@@ -299,14 +309,26 @@ class PathConv2D(keras.layers.Conv2D):
         return {**super().get_config(), "size": self.size}
 
 
-def lit_frame_map(rows, columns, size: int):
-    """[batch, S * S] int32: the frame that lights each pixel (row-major), or T where no frame does."""
-    frames = rows.shape[1]
-    step = keras.ops.reshape(keras.ops.arange(1, frames + 1, dtype="float32"), (1, frames, 1))
-    # 1 + the lighting frame, or 0: small integers, exact in float32 (as in RenderVideo).
-    lit_at = keras.ops.einsum("btr,btc->brc", keras.ops.one_hot(rows, size) * step, keras.ops.one_hot(columns, size))
-    lit_at = keras.ops.reshape(keras.ops.cast(lit_at, "int32"), (-1, size * size))
-    return keras.ops.where(lit_at > 0, lit_at - 1, frames)
+def lstm_over_running_sums(start, increments, recurrent_kernel):
+    """LSTM's recurrence (gates i, f, c, o; sigmoid and tanh) over the input projections start + increments[0]
+    + ... + increments[t] (start [batch, 4 x units], increments [T, batch, 4 x units]): the last output.
+
+    The running sum is carried through the loop (tf.cumsum is a windowed reduction under XLA, T times
+    the work). A tf.while_loop with its trip count (XLA needs it for the gradient): unrolled, XLA fused
+    each step's elementwise work into the next steps' and recomputed it many times over in the backward pass.
+    """
+    frames, units = increments.shape[0], recurrent_kernel.shape[0]
+    zeros = tf.zeros_like(start[:, :units])
+
+    def step(frame, projection, output, carry):
+        projection = projection + tf.gather(increments, frame)
+        gates = projection + tf.matmul(output, recurrent_kernel)
+        input_gate, forget_gate, candidate, output_gate = tf.split(gates, 4, axis=-1)
+        carry = tf.sigmoid(forget_gate) * carry + tf.sigmoid(input_gate) * tf.tanh(candidate)
+        return frame + 1, projection, tf.sigmoid(output_gate) * tf.tanh(carry), carry
+
+    loop = tf.while_loop(lambda frame, *_: frame < frames, step, (0, start, zeros, zeros), maximum_iterations=frames)
+    return loop[2]
 
 
 @keras.saving.register_keras_serializable(package="moving_line")
@@ -349,28 +371,6 @@ class PathLSTM(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "features": self.features}
 
 
-def lstm_over_running_sums(start, increments, recurrent_kernel):
-    """LSTM's recurrence (gates i, f, c, o; sigmoid and tanh) over the input projections start + increments[0]
-    + ... + increments[t] (start [batch, 4 x units], increments [T, batch, 4 x units]): the last output.
-
-    The running sum is carried through the loop (tf.cumsum is a windowed reduction under XLA, T times
-    the work). A tf.while_loop with its trip count (XLA needs it for the gradient): unrolled, XLA fused
-    each step's elementwise work into the next steps' and recomputed it many times over in the backward pass.
-    """
-    frames, units = increments.shape[0], recurrent_kernel.shape[0]
-    zeros = tf.zeros_like(start[:, :units])
-
-    def step(frame, projection, output, carry):
-        projection = projection + tf.gather(increments, frame)
-        gates = projection + tf.matmul(output, recurrent_kernel)
-        input_gate, forget_gate, candidate, output_gate = tf.split(gates, 4, axis=-1)
-        carry = tf.sigmoid(forget_gate) * carry + tf.sigmoid(input_gate) * tf.tanh(candidate)
-        return frame + 1, projection, tf.sigmoid(output_gate) * tf.tanh(carry), carry
-
-    loop = tf.while_loop(lambda frame, *_: frame < frames, step, (0, start, zeros, zeros), maximum_iterations=frames)
-    return loop[2]
-
-
 def build_path_model(size: int, *, incremental: bool = True, xla_layers: bool = False) -> keras.Model:
     """The CNN-LSTM fed the path: path [batch, S, 2] uint8 in, P(right) [batch, 1] out (not compiled).
 
@@ -391,6 +391,12 @@ def build_path_model(size: int, *, incremental: bool = True, xla_layers: bool = 
     cnn_lstm = keras.Model(path, probability_right, name="cnn_lstm")
     outer = path_input(size)
     return keras.Model(outer, cnn_lstm(outer), name="cnn_lstm_from_path")
+
+
+def build_training_model(config: dict, xla_layers: bool = False) -> keras.Model:
+    """build_path_model for a config: its size, and its incremental_model key (incremental when absent)."""
+    incremental = config.get("incremental_model", True)
+    return build_path_model(config["size"], incremental=incremental, xla_layers=xla_layers)
 
 
 def build_time_distributed_model(config: dict) -> keras.Model:
