@@ -214,13 +214,16 @@ def pool_cells_touched(coordinate, cells: int):
 
 
 def lit_frame_map(rows, columns, size: int):
-    """[batch, S * S] int32: the frame that lights each pixel (row-major), or T where no frame does."""
+    """[batch, S * S] int32: the frame that lights each pixel (row-major), or T where no frame does.
+
+    Rows and columns [batch, T] int32; each pixel lit at most once (scattered frames would add up).
+    """
     frames = rows.shape[1]
-    step = keras.ops.reshape(keras.ops.arange(1, frames + 1, dtype="float32"), (1, frames, 1))
-    # 1 + the lighting frame, or 0: small integers, exact in float32 (as in RenderVideo).
-    lit_at = keras.ops.einsum("btr,btc->brc", keras.ops.one_hot(rows, size) * step, keras.ops.one_hot(columns, size))
-    lit_at = keras.ops.reshape(keras.ops.cast(lit_at, "int32"), (-1, size * size))
-    return keras.ops.where(lit_at > 0, lit_at - 1, frames)
+    batch = tf.shape(rows)[0]
+    pixels = tf.range(batch)[:, None] * (size * size) + rows * size + columns  # [batch, T], flat over the batch
+    frame_before_end = tf.broadcast_to(tf.range(-frames, 0), tf.shape(rows))  # frame - T: 0 where nothing lands
+    lit = tf.scatter_nd(tf.reshape(pixels, (-1, 1)), tf.reshape(frame_before_end, (-1,)), (batch * size * size,))
+    return tf.reshape(lit, (-1, size * size)) + frames
 
 
 @keras.saving.register_keras_serializable(package="moving_line")
