@@ -16,6 +16,7 @@ figures, incremental_over_rendering per batch size, and the load average before 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -36,7 +37,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     try:
         args.batch_sizes = [cli.positive_int(text) for text in args.batch_sizes.split(",")]
-    except Exception as error:  # argparse.ArgumentTypeError: one line naming the flag
+    except argparse.ArgumentTypeError as error:
         parser.error(f"--batch_sizes: {error}")
     args.candidates = [name.strip() for name in args.candidates.split(",")]
     unknown = [name for name in args.candidates if name not in CANDIDATES]
