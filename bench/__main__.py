@@ -15,6 +15,7 @@ BENCHMARKS = {
     "formats": "bench.formats",
     "input": "bench.input",
     "feed": "bench.feed",
+    "step": "bench.step",
     "accuracy": "bench.accuracy",
     "loop": "bench.loop",
     "resume": "bench.resume",

@@ -1,12 +1,13 @@
 """python -m bench feed [--data_dir DIR] [--size 50] [--batch_sizes 32] [--steps 30] [--candidates path,...]
 
 Training speed through model.fit, built and compiled as trainer.task does (its MirroredStrategy;
-on one device the XLA layers under XLA), fed by an input pipeline versus fed one batch already on
+on one device the whole step under XLA), fed by an input pipeline versus fed one batch already on
 the device, side by side in one process, alternating so that both see the same machine load.
 Also each input pipeline on its own (no training). Candidates (--candidates):
 
-  path                the trainer's: each example's 100-byte path, parsed a batch at a time; the
-                      model renders the video on the device (trainer.model.RenderVideo)
+  path                the trainer's: each example's 100-byte path, parsed a batch at a time, into the
+                      model the trainer builds (trainer.model.build_training_model: by default the
+                      CNN-LSTM computed from the path; --rendering: RenderVideo draws the frames first)
   path_host           the path, parsed the same way, drawn into frames by the input pipeline
                       on the host (RenderVideo in a tf.data map); the model takes the video
   video_host          the stored zlib video, read by TFDS and inflated example by example on the
@@ -53,6 +54,9 @@ def parse_args(argv):
     parser.add_argument("--logical_devices", type=cli.positive_int, default=1)
     parser.add_argument("--logical_gpu_memory_mb", type=cli.positive_int, default=30_000)
     parser.add_argument("--time_distributed", action="store_true", help="Also time the TimeDistributed form.")
+    parser.add_argument(
+        "--rendering", action="store_true", help="The path candidate draws every frame (incremental_model=false)."
+    )
     args = parser.parse_args(argv)
     unknown = set(args.candidates.split(",")) - set(CANDIDATES)
     if unknown:
@@ -167,7 +171,7 @@ def build(candidate: str, config: dict, strategy, args, xla_layers: bool, jit: b
 
     with strategy.scope():
         if candidate == "path":
-            model = model_lib.build_training_model(config, xla_layers=xla_layers)
+            model = model_lib.build_training_model({**config, "incremental_model": not args.rendering}, xla_layers)
         elif candidate == "time_distributed":
             model = model_lib.build_time_distributed_model(config)
         else:
@@ -247,6 +251,7 @@ def main(argv):
                 best["video_host_resident"] / best["time_distributed_resident"], 3
             )
         figures["xla_layers"] = xla_layers
+        figures["path_model"] = "rendering" if args.rendering else "incremental"
         results["batches"][str(batch_size)] = figures
         print(f"  batch {batch_size}:")
         for name, value in figures.items():

@@ -22,9 +22,13 @@ run() {  # NAME SECONDS ARGS...: one benchmark, stopped after SECONDS
 case $phase in
 one)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    # As trainer.task trains on one GPU (XLA layers, XLA), with each input candidate.
+    # The train step on a batch in memory: the model computed from the path against the frames drawn.
+    run step 240 -m bench step --batch_sizes 1024,4096
+    # As trainer.task trains on one GPU (the model computed from the path, XLA), with each input candidate.
     run feed_trainer 300 -m bench feed --data_dir "$data" --batch_sizes 1024,256 --steps 60 \
         --candidates path,video_host,video_host_batched
+    # The frames drawn on the GPU (XLA layers, XLA), as the trainer trained before.
+    run feed_rendering 150 -m bench feed --data_dir "$data" --batch_sizes 1024 --steps 60 --candidates path --rendering
     # Keras's layers (cuDNN), no XLA.
     run feed_keras 150 -m bench feed --data_dir "$data" --batch_sizes 1024,256 --steps 60 --candidates path --model keras
     # Past cuDNN's max-pool limit (about 100,000 frames): the XLA layers have no such limit.

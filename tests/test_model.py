@@ -144,9 +144,9 @@ def test_render_video_draws_exactly_the_generators_videos_eagerly_under_xla_and_
     np.testing.assert_array_equal(np.concatenate(list(mapped.as_numpy_iterator())), data["video"])
 
 
-def test_the_training_model_is_the_cnn_lstm_fed_by_render_video_with_the_same_weights():
+def test_the_rendering_path_model_is_the_cnn_lstm_fed_by_render_video_with_the_same_weights():
     keras.utils.set_random_seed(4)
-    training = model_lib.build_training_model({"size": 8})
+    training = model_lib.build_path_model(8, incremental=False)
     assert [layer.name for layer in training.layers] == ["path", "render_video", "cnn_lstm"]
     assert training.count_params() == model_lib.build_model({"size": 8}).count_params()
     plain = model_lib.build_model({"size": 8})
@@ -157,12 +157,157 @@ def test_the_training_model_is_the_cnn_lstm_fed_by_render_video_with_the_same_we
     )
 
 
-def test_the_training_model_round_trips_through_a_keras_file(tmp_path):
-    training = model_lib.build_training_model({"size": 8}, xla_layers=True)
+@pytest.mark.parametrize("incremental", [True, False])
+def test_the_path_models_round_trip_through_a_keras_file(tmp_path, incremental):
+    training = model_lib.build_path_model(8, incremental=incremental, xla_layers=True)
     training.save(tmp_path / "training.keras")
     loaded = keras.models.load_model(tmp_path / "training.keras")
     path = generator.generate(seed=2, split="train", start=0, count=4, size=8)["path"]
     np.testing.assert_allclose(loaded.predict(path, verbose=0), training.predict(path, verbose=0), atol=1e-6)
+
+
+def test_the_training_model_follows_the_configs_incremental_model_key():
+    incremental = model_lib.build_training_model({"size": 8, "incremental_model": True})
+    rendering = model_lib.build_training_model({"size": 8, "incremental_model": False}, xla_layers=True)
+    assert "render_video" not in [layer.name for layer in incremental.layers]
+    assert [type(layer).__name__ for layer in rendering.get_layer("cnn_lstm").layers if layer.name == "conv"] == [
+        "XlaConv2D"
+    ]
+
+
+# The incremental path model against the rendering one (RenderVideo, Conv2D, MaxPooling2D, Flatten, LSTM, Dense).
+
+
+def paths_with_borders(size: int, count: int, seed: int) -> np.ndarray:
+    """The generator's paths, and paths along the top and bottom rows and zig-zagging on them, both directions."""
+    generated = generator.generate(seed=seed, split="train", start=0, count=count, size=size)["path"]
+    steps = np.arange(size)
+    rows = [np.zeros(size), np.full(size, size - 1), steps % 2, size - 1 - steps % 2]
+    along_borders = [np.stack([row, columns], axis=-1) for row in rows for columns in (steps, size - 1 - steps)]
+    return np.concatenate([generated, np.array(along_borders, np.uint8)])
+
+
+def random_weights(model, seed: int) -> list[np.ndarray]:
+    """Weights of the scale of Keras's initialisers, a positive and a negative conv bias (empty features 0 and not)."""
+    rng = np.random.default_rng(seed)
+    weights = [
+        rng.normal(0, 1 / np.sqrt(np.prod(w.shape[:-1])), w.shape).astype("float32") for w in model.get_weights()
+    ]
+    weights[1] = np.array([0.2, -0.1], np.float32)  # the conv's bias: relu(bias) > 0 on empty cells for filter 0
+    return weights
+
+
+def output_and_gradients(model, path, labels):
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        probability = model(path)
+        loss = keras.ops.mean(keras.losses.binary_crossentropy(labels, probability))
+    return [probability, *[tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]]
+
+
+def assert_equal_within(actual, expected):
+    """Each tensor within 1e-5 of the other (relative to its largest magnitude where that is above 1), and within
+    1e-4 of its largest magnitude (so that small gradients are compared too)."""
+    assert len(actual) == len(expected)
+    for got, wanted in zip(actual, expected, strict=True):
+        got, wanted = np.asarray(got), np.asarray(wanted)
+        assert got.shape == wanted.shape
+        largest = float(np.abs(wanted).max())
+        np.testing.assert_array_less(np.abs(got - wanted), min(1e-5 * max(1.0, largest), 1e-4 * largest))
+
+
+@pytest.mark.parametrize("size", [3, 8, 50])
+def test_the_incremental_model_computes_the_rendering_models_outputs_and_gradients_eagerly_and_under_xla(size):
+    import tensorflow as tf
+
+    incremental = model_lib.build_path_model(size)
+    rendering = model_lib.build_path_model(size, incremental=False)
+    assert [w.shape for w in incremental.get_weights()] == [w.shape for w in rendering.get_weights()]
+    weights = random_weights(rendering, seed=size)
+    incremental.set_weights(weights)
+    rendering.set_weights(weights)
+    path = tf.constant(paths_with_borders(size, count=8, seed=size))
+    labels = tf.constant(np.random.default_rng(size).integers(0, 2, (len(path), 1)), tf.float32)
+
+    expected = output_and_gradients(rendering, path, labels)
+    assert_equal_within(output_and_gradients(incremental, path, labels), expected)
+    compiled = tf.function(lambda path, labels: output_and_gradients(incremental, path, labels), jit_compile=True)
+    assert_equal_within(compiled(path, labels), expected)
+    # The gradients are not all zero (the comparison would prove little): every weight moves.
+    assert all(float(np.abs(gradient).max()) > 1e-4 for gradient in expected[1:])
+
+
+def test_the_incremental_models_weights_make_the_video_model():
+    keras.utils.set_random_seed(7)
+    incremental = model_lib.build_path_model(8)
+    plain = model_lib.build_model({"size": 8})
+    assert {layer.name: layer.count_params() for layer in incremental.get_layer("cnn_lstm").layers} == {
+        "path": 0,
+        "conv": 10,
+        "lstm": plain.get_layer("lstm").count_params(),
+        "probability_right": 51,
+    }
+    plain.set_weights(incremental.get_weights())
+    data = generator.generate(seed=8, split="test", start=0, count=10, size=8)
+    np.testing.assert_allclose(
+        incremental.predict(data["path"], verbose=0), plain.predict(data["video"], verbose=0), atol=1e-6
+    )
+
+
+def test_the_incremental_model_is_initialised_as_the_video_model_is():
+    keras.utils.set_random_seed(11)
+    incremental = model_lib.build_path_model(8).get_weights()
+    keras.utils.set_random_seed(11)
+    plain = model_lib.build_model({"size": 8}).get_weights()
+    for got, wanted in zip(incremental, plain, strict=True):
+        np.testing.assert_array_equal(got, wanted)
+
+
+def test_the_incremental_model_computes_its_gradients_per_replica_under_a_mirrored_strategy():
+    import tensorflow as tf
+
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")][:2]  # two if the CPU is split
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        incremental = model_lib.build_path_model(8)
+        optimizer = keras.optimizers.Adam(0.01)
+        optimizer.build(incremental.trainable_variables)
+    rendering = model_lib.build_path_model(8, incremental=False)
+    weights = random_weights(rendering, seed=1)
+    incremental.set_weights(weights)
+    rendering.set_weights(weights)
+    path = tf.constant(paths_with_borders(8, count=4, seed=1))
+    labels = tf.constant(path.numpy()[:, 1, 1:] > path.numpy()[:, 0, 1:], tf.float32)  # right: the column grows
+    compiled = tf.function(lambda path, labels: output_and_gradients(incremental, path, labels), jit_compile=True)
+
+    def replica_step(path, labels):
+        results = compiled(path, labels)
+        optimizer.apply(results[1:], incremental.trainable_variables)  # outside XLA, as the training loop does
+        return results
+
+    per_replica = tf.function(lambda path, labels: strategy.run(replica_step, args=(path, labels)))(path, labels)
+    expected = output_and_gradients(rendering, path, labels)
+    for replica in range(strategy.num_replicas_in_sync):
+        assert_equal_within([strategy.experimental_local_results(values)[replica] for values in per_replica], expected)
+    assert not np.allclose(incremental.get_weights()[2], weights[2])  # the optimizer applied them
+
+
+def test_the_incremental_model_trains():
+    keras.utils.set_random_seed(0)
+    data = generator.generate(seed=1, split="train", start=0, count=64, size=8)
+    paths, labels = data["path"], data["label"].astype("float32")
+    model = model_lib.compile_model(model_lib.build_path_model(8), 0.01, jit_compile=True)
+    before = model.evaluate(paths, labels, verbose=0)[0]
+    model.fit(paths, labels, batch_size=16, epochs=5, verbose=0)
+    assert model.evaluate(paths, labels, verbose=0)[0] < before
+
+
+def test_the_incremental_model_refuses_what_it_does_not_compute():
+    with pytest.raises(ValueError, match="at least 3"):
+        model_lib.build_path_model(2)
+    with pytest.raises(ValueError, match="2x2 kernel"):
+        model_lib.PathConv2D(2, (3, 3), size=8)(keras.Input((8, 2), dtype="uint8"))
 
 
 def test_xla_layers_are_chosen_for_one_device_only():

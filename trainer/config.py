@@ -49,6 +49,8 @@ DEFAULTS = {
     # Each replica's forward and backward pass compiled by XLA, with the conv and max-pool written for it
     # (trainer.model.XlaConv2D): much faster on CPUs and GPUs (BENCHMARKS.md). Exports hold Keras's layers.
     "xla_layers": True,
+    # The CNN-LSTM computed from the path without drawing a frame (trainer.model.PathConv2D); false: draw them all.
+    "incremental_model": True,
     # Multi-worker training (TF_CONFIG naming several tasks): an all-reduce waiting longer than this for a
     # peer fails the job rather than hanging it (a dead peer is also noticed by the strategy's health check);
     # a worker waits this long for the others to start before it gives up.

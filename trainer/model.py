@@ -1,4 +1,4 @@
-"""The CNN-LSTM of ../shared/SPEC.md, with time folded into the batch.
+"""The tutorial's CNN-LSTM (README.md), with time folded into the batch; and computed from the path.
 
 The tutorial wraps Conv2D, MaxPooling2D and Flatten in TimeDistributed. Keras 3's
 TimeDistributed on the TensorFlow backend runs the wrapped layer frame by frame
@@ -9,13 +9,19 @@ LSTM. The layers, their shapes and the parameter count (240,661 at S = 50) are t
 tutorial's; build_time_distributed_model keeps the tutorial's form for comparison.
 
 Training feeds the model the stored `path` (the pixel each frame lights, 2 bytes a frame)
-rather than the video: RenderVideo draws the frames inside the train step, on the accelerator,
-so the host neither inflates 125 kB per video nor copies it to the device. The trained layers
-see exactly the stored videos; exports take `video` as the tutorial's model does.
+rather than the video, so the host neither inflates 125 kB per video nor copies it to the
+device. build_path_model computes the same CNN-LSTM from it in one of two ways: RenderVideo
+draws the frames inside the train step and the layers run on them (the reference), or, by
+default, PathConv2D and PathLSTM compute it without drawing a frame. Frame t is frame t-1 plus
+one pixel, which changes at most 8 of the 1,152 pooled features, so each frame's LSTM input
+projection is the previous one's plus at most 8 kernel rows: the CNN side costs O(T x 8 x 200)
+a sequence instead of O(T x S x S) pixels. Both have build_model's weights, in its order;
+exports hold build_model's layers and take `video` as the tutorial's model does.
 
-Training on one device (a CPU or one GPU) uses XlaConv2D and XlaMaxPooling2D in place of Conv2D
-and MaxPooling2D, and XLA's LSTM loop in place of cuDNN's (the same layers computed another way,
-see XlaConv2D), with the whole train step compiled by XLA. Exports use Keras's own.
+The rendering model, trained on one device (a CPU or one GPU), uses XlaConv2D and XlaMaxPooling2D
+in place of Conv2D and MaxPooling2D, and XLA's LSTM loop in place of cuDNN's (the same layers
+computed another way, see XlaConv2D), with the whole train step compiled by XLA. Exports use
+Keras's own.
 """
 
 from __future__ import annotations
@@ -189,12 +195,211 @@ def path_input(size: int) -> keras.KerasTensor:
     return keras.Input(shape=(size, 2), dtype="uint8", name="path")
 
 
-def build_training_model(config: dict, xla_layers: bool = False) -> keras.Model:
-    """build_model's CNN-LSTM fed by RenderVideo: path in, P(right) out. Same weights as build_model's."""
-    size = config["size"]
+MIN_PATH_MODEL_SIZE = 3  # below this the max-pool leaves no feature at all
+
+
+def pool_cells_touched(coordinate, cells: int):
+    """The pool rows (or columns) whose 3-pixel block holds a pixel at this row (or column), and which exist.
+
+    A 2x2 'valid' conv output at i covers pixels i and i+1; a 2x2 pool cell p covers conv outputs 2p and 2p+1,
+    hence pixels 2p..2p+2. Pixel x is in the blocks of cells floor((x-1)/2) and floor(x/2): one cell when x is
+    odd (they coincide), two when it is even. Cells outside 0..cells-1 do not exist (the image's edge, or the
+    conv row the 'valid' pool drops). Returns ([..., 2] clamped cell indices, [..., 2] bool: that cell exists).
+    """
+    low = (coordinate + 1) // 2 - 1  # floor((x-1)/2) without dividing a negative number
+    high = coordinate // 2
+    exists = keras.ops.stack([(low >= 0) & (low < high) & (low < cells), high < cells], axis=-1)
+    touched = keras.ops.clip(keras.ops.stack([low, high], axis=-1), 0, cells - 1)
+    return touched, exists
+
+
+def lit_frame_map(rows, columns, size: int):
+    """[batch, S * S] int32: the frame that lights each pixel (row-major), or T where no frame does.
+
+    Rows and columns [batch, T] int32; each pixel lit at most once (scattered frames would add up).
+    """
+    frames = rows.shape[1]
+    batch = tf.shape(rows)[0]
+    pixels = tf.range(batch)[:, None] * (size * size) + rows * size + columns  # [batch, T], flat over the batch
+    frame_before_end = tf.broadcast_to(tf.range(-frames, 0), tf.shape(rows))  # frame - T: 0 where nothing lands
+    lit = tf.scatter_nd(tf.reshape(pixels, (-1, 1)), tf.reshape(frame_before_end, (-1,)), (batch * size * size,))
+    return tf.reshape(lit, (-1, size * size)) + frames
+
+
+@keras.saving.register_keras_serializable(package="moving_line")
+class PathConv2D(keras.layers.Conv2D):
+    """RenderVideo -> Conv2D -> MaxPooling2D -> Flatten, computed from the path as changes between frames.
+
+    Frame t is frame t-1 plus one pixel, which changes at most 4 conv outputs, in at most 4 pool cells: at
+    most 4 x filters of the pooled features change, and every other feature keeps its value (relu(bias) on
+    an empty region). Call on path [batch, T, 2] uint8 -> (cells [batch, T, 4] int32: the flat pool cells the
+    frame's pixel may change; changes [batch, T, 4, filters]: by how much each of their features changes, 0
+    for a cell that does not exist; empty [batch, filters]: the features of an empty frame). The features of
+    frame t are empty's everywhere plus the changes of frames 0..t. Exact for paths that light each pixel
+    at most once, as the generator's do (RenderVideo assumes it too).
+
+    Same weights as Conv2D (so Conv2D takes them); the pool is MaxPooling2D's (2x2, strides 2, 'valid').
+    """
+
+    def __init__(self, filters, kernel_size, size: int, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        self.size = size
+        self.input_spec = keras.layers.InputSpec(ndim=3)  # the path, not images
+
+    def build(self, input_shape):
+        if self.kernel_size != (2, 2) or self.strides != (1, 1) or self.padding != "valid":
+            raise ValueError("PathConv2D computes a 2x2 kernel, stride 1, 'valid' padding (then a 2x2 pool)")
+        if self.size < MIN_PATH_MODEL_SIZE:
+            raise ValueError(f"PathConv2D needs a size of at least {MIN_PATH_MODEL_SIZE}, got {self.size}")
+        super().build((None, self.size, self.size, 1))
+        self.input_spec = keras.layers.InputSpec(ndim=3)
+
+    @property
+    def pooled(self) -> int:
+        """Pool cells along each side: (S - 1) // 2 (the conv gives S - 1 outputs, the pool halves them)."""
+        return (self.size - 1) // 2
+
+    def call(self, path):
+        size, frames, pooled = self.size, path.shape[1], self.pooled
+        rows = keras.ops.cast(path[..., 0], "int32")
+        columns = keras.ops.cast(path[..., 1], "int32")
+        touched_rows, row_exists = pool_cells_touched(rows, pooled)  # [batch, T, 2]
+        touched_columns, column_exists = pool_cells_touched(columns, pooled)
+        cells = touched_rows[..., :, None] * pooled + touched_columns[..., None, :]  # [batch, T, 2, 2]
+        exists = keras.ops.logical_and(row_exists[..., :, None], column_exists[..., None, :])
+
+        # The frame each pixel of each touched cell's 3x3 block lights up in (frames when none does).
+        offsets = keras.ops.arange(3, dtype="int32")
+        block_rows = 2 * touched_rows[..., None] + offsets  # [batch, T, 2, 3]
+        block_columns = 2 * touched_columns[..., None] + offsets
+        pixels = block_rows[:, :, :, None, :, None] * size + block_columns[:, :, None, :, None, :]
+        lit_frame = keras.ops.take_along_axis(
+            lit_frame_map(rows, columns, size), keras.ops.reshape(pixels, (-1, frames * 2 * 2 * 3 * 3)), axis=1
+        )
+        lit_frame = keras.ops.reshape(lit_frame, (-1, frames, 2, 2, 3, 3))
+        frame = keras.ops.reshape(keras.ops.arange(frames, dtype="int32"), (1, frames, 1, 1, 1, 1))
+        before = self.pool_block(keras.ops.cast(lit_frame < frame, self.compute_dtype))
+        after = self.pool_block(keras.ops.cast(lit_frame <= frame, self.compute_dtype))
+        changes = (after - before) * keras.ops.cast(exists, self.compute_dtype)[..., None]
+        empty = self.activation(self.bias) * keras.ops.ones_like(changes[:, 0, 0, 0, :1])
+        return (
+            keras.ops.reshape(cells, (-1, frames, 4)),
+            keras.ops.reshape(changes, (-1, frames, 4, self.filters)),
+            empty,
+        )
+
+    def pool_block(self, block):
+        """[..., 3, 3] pixels of a pool cell's block -> [..., filters]: the cell's pooled conv features."""
+        conv = self.bias
+        for row in range(2):
+            for column in range(2):
+                conv = conv + block[..., row : row + 2, column : column + 2, None] * self.kernel[row, column, 0]
+        return keras.ops.max(self.activation(conv), axis=(-3, -2))
+
+    def compute_output_shape(self, input_shape):
+        batch, frames = input_shape[0], input_shape[1]
+        return (batch, frames, 4), (batch, frames, 4, self.filters), (batch, self.filters)
+
+    def compute_output_spec(self, path):
+        batch, frames = path.shape[0], path.shape[1]
+        return (
+            keras.KerasTensor((batch, frames, 4), dtype="int32"),
+            keras.KerasTensor((batch, frames, 4, self.filters), dtype=self.compute_dtype),
+            keras.KerasTensor((batch, self.filters), dtype=self.compute_dtype),
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+def lstm_over_running_sums(start, increments, recurrent_kernel):
+    """LSTM's recurrence (gates i, f, c, o; sigmoid and tanh) over the input projections start + increments[0]
+    + ... + increments[t] (start [batch, 4 x units], increments [T, batch, 4 x units]): the last output.
+
+    The running sum is carried through the loop (tf.cumsum is a windowed reduction under XLA, T times
+    the work). A tf.while_loop with its trip count (XLA needs it for the gradient): unrolled, XLA fused
+    each step's elementwise work into the next steps' and recomputed it many times over in the backward pass.
+    """
+    frames, units = increments.shape[0], recurrent_kernel.shape[0]
+    zeros = tf.zeros_like(start[:, :units])
+
+    def step(frame, projection, output, carry):
+        projection = projection + tf.gather(increments, frame)
+        gates = projection + tf.matmul(output, recurrent_kernel)
+        input_gate, forget_gate, candidate, output_gate = tf.split(gates, 4, axis=-1)
+        carry = tf.sigmoid(forget_gate) * carry + tf.sigmoid(input_gate) * tf.tanh(candidate)
+        return frame + 1, projection, tf.sigmoid(output_gate) * tf.tanh(carry), carry
+
+    loop = tf.while_loop(lambda frame, *_: frame < frames, step, (0, start, zeros, zeros), maximum_iterations=frames)
+    return loop[2]
+
+
+@keras.saving.register_keras_serializable(package="moving_line")
+class PathLSTM(keras.layers.Layer):
+    """LSTM over the pooled features PathConv2D describes as changes: the input projection as a running sum.
+
+    The LSTM multiplies each frame's features by its kernel. Frame t's product is frame t-1's plus the
+    changed features times their kernel rows (at most 4 cells x filters of them), and frame -1's (empty)
+    is empty's features times the kernel's rows summed over the cells. Then the recurrence, as LSTM
+    computes it (gates i, f, c, o; sigmoid and tanh), returning the last output. Weights: an LSTMCell's
+    (kernel, recurrent_kernel, bias), in LSTM's order and shapes, so LSTM takes them.
+    """
+
+    def __init__(self, units: int, features: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.features = features
+        self.cell = keras.layers.LSTMCell(units, name="lstm_cell")
+
+    def build(self, input_shape):
+        self.cell.build((None, self.features))
+
+    def call(self, inputs):
+        cells, changes, empty = inputs
+        filters, gates = changes.shape[-1], 4 * self.units
+        frames, touched = cells.shape[1], cells.shape[2] * filters
+        kernel = tf.reshape(self.cell.kernel, (-1, filters, gates))  # [pool cells, filters, gates]
+        # Time-major, so that the recurrence reads one frame's projections as one block. Each frame's
+        # increment is a [1, 4 x filters] x [4 x filters, gates] product of its changes and their kernel rows.
+        rows = tf.reshape(tf.gather(kernel, tf.transpose(cells, (1, 0, 2))), (-1, touched, gates))
+        changes = tf.reshape(tf.transpose(changes, (1, 0, 2, 3)), (-1, 1, touched))
+        increments = tf.reshape(tf.matmul(changes, rows), (frames, -1, gates))  # [T, batch, gates]
+        start = tf.matmul(empty, tf.reduce_sum(kernel, axis=0)) + self.cell.bias  # the empty frame's
+        return lstm_over_running_sums(start, increments, self.cell.recurrent_kernel)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "features": self.features}
+
+
+def build_path_model(size: int, *, incremental: bool = True, xla_layers: bool = False) -> keras.Model:
+    """The CNN-LSTM fed the path: path [batch, S, 2] uint8 in, P(right) [batch, 1] out (not compiled).
+
+    incremental: PathConv2D and PathLSTM compute the CNN-LSTM from the path without drawing a frame (plain
+    ops: eagerly, in a tf.function, under XLA, on any device). Otherwise RenderVideo draws the frames and
+    build_model's layers run on them (xla_layers: its XLA layers, for a step compiled with XLA).
+    Either way the weights are build_model's, in its order and shapes: build_model(...).set_weights(
+    path_model.get_weights()) gives the same function of the video.
+    """
     path = path_input(size)
-    cnn_lstm = build_model(config, xla_layers=xla_layers)
-    return keras.Model(path, cnn_lstm(RenderVideo(size, name="render_video")(path)), name="cnn_lstm_from_path")
+    if not incremental:
+        cnn_lstm = build_model({"size": size}, xla_layers=xla_layers)
+        return keras.Model(path, cnn_lstm(RenderVideo(size, name="render_video")(path)), name="cnn_lstm_from_path")
+    conv = PathConv2D(CONV_FILTERS, CONV_KERNEL, size=size, activation="relu", name="conv")
+    summary = PathLSTM(LSTM_UNITS, features=conv.pooled**2 * CONV_FILTERS, name="lstm")(conv(path))
+    probability_right = keras.layers.Dense(1, activation="sigmoid", name="probability_right")(summary)
+    # Nested like the rendering model, so that either has its CNN-LSTM as the layer "cnn_lstm".
+    cnn_lstm = keras.Model(path, probability_right, name="cnn_lstm")
+    outer = path_input(size)
+    return keras.Model(outer, cnn_lstm(outer), name="cnn_lstm_from_path")
+
+
+def build_training_model(config: dict, xla_layers: bool = False) -> keras.Model:
+    """build_path_model for a config: its size, and its incremental_model key (incremental when absent)."""
+    incremental = config.get("incremental_model", True)
+    return build_path_model(config["size"], incremental=incremental, xla_layers=xla_layers)
 
 
 def build_time_distributed_model(config: dict) -> keras.Model:
