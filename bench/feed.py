@@ -15,15 +15,15 @@ Also each input pipeline on its own (no training). Candidates (--candidates):
   video_host_batched  the stored zlib video, parsed and inflated a batch at a time on the host
 
 --logical_devices N splits the first GPU (the CPU when there is none) into N logical devices and
-times the path candidate mirrored over all N against one of them (--model trainer then means
-Keras's layers on both). --time_distributed also times the tutorial's TimeDistributed form on the
-resident video batch. Without --data_dir a small dataset is generated first
+times the path candidate mirrored over all N against one of them. --time_distributed also times
+the tutorial's TimeDistributed form on the resident video batch. Without --data_dir a small dataset is generated first
 (pipeline.generate, in a temporary folder). Ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -49,7 +49,7 @@ def parse_args(argv):
     parser.add_argument(
         "--model", choices=("trainer", "keras", "xla"), default="trainer",
         help="trainer: as trainer.task builds it; keras: Keras's layers (cuDNN on a GPU), no XLA; "
-        "xla: XlaConv2D, XlaMaxPooling2D and XLA's LSTM, the whole step compiled by XLA (one device only).",
+        "xla: XlaConv2D, XlaMaxPooling2D and XLA's LSTM, the whole step compiled by XLA.",
     )  # fmt: skip
     parser.add_argument("--logical_devices", type=cli.positive_int, default=1)
     parser.add_argument("--logical_gpu_memory_mb", type=cli.positive_int, default=30_000)
@@ -64,12 +64,10 @@ def parse_args(argv):
     return args
 
 
-def generate_data(size: int) -> str:
-    data_dir = tempfile.mkdtemp(prefix="bench_feed_")
+def generate_data(data_dir: str, size: int):
     command = [sys.executable, "-m", "pipeline.generate", f"--data_dir={data_dir}", f"--size={size}",
                "--num_train=2000", "--num_validation=64", "--num_test=64"]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)
-    return data_dir
 
 
 def candidate_dataset(name: str, builder, config: dict):
@@ -171,11 +169,11 @@ def build(candidate: str, config: dict, strategy, args, xla_layers: bool, jit: b
 
     with strategy.scope():
         if candidate == "path":
-            model = model_lib.build_training_model({**config, "incremental_model": not args.rendering}, xla_layers)
+            model = model_lib.build_path_model(config["size"], incremental=not args.rendering, xla_layers=xla_layers)
         elif candidate == "time_distributed":
-            model = model_lib.build_time_distributed_model(config)
+            model = model_lib.build_time_distributed_model(config["size"])
         else:
-            model = model_lib.build_model(config, xla_layers=xla_layers)
+            model = model_lib.build_model(config["size"], xla_layers=xla_layers)
         return model_lib.compile_model(
             model, 0.001, jit_compile=jit and candidate != "time_distributed"
         )  # fmt: skip
@@ -184,26 +182,37 @@ def build(candidate: str, config: dict, strategy, args, xla_layers: bool, jit: b
 def main(argv):
     args = parse_args(argv)
     cli.quiet_tensorflow()
+    with contextlib.ExitStack() as stack:
+        data_dir = args.data_dir
+        if not data_dir:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_feed_"))
+            generate_data(data_dir, args.size)
+        return measure(args, data_dir)
+
+
+def measure(args, data_dir: str) -> int:
     import tensorflow as tf
 
     from trainer import config as config_lib
-    from trainer import input_pipeline, task
-    from trainer import model as model_lib
+    from trainer import distribution, input_pipeline
 
     split = split_first_device(args.logical_devices, args.logical_gpu_memory_mb)
-    data_dir = args.data_dir or generate_data(args.size)
+
+    def make_strategy(devices):
+        return distribution.make_strategy({**config_lib.DEFAULTS, "devices": devices}, None)
+
     builder = input_pipeline.load_builder(data_dir, args.size)
     gpus = [device.physical_device_desc for device in _local_gpus()]
     results = {"benchmark": "feed", "size": args.size, "cpus": os.cpu_count(), "gpus": gpus, "steps": args.steps}
     results.update(model=args.model, batches={})
     print(f"bench feed: size {args.size}, {args.steps} timed steps per run, best of {args.repeats}, data {data_dir}")
     print(f"  devices: {', '.join(gpus) or 'CPU only'}; {os.cpu_count()} CPU cores; model: {args.model}")
-    strategy = task.make_strategy(split or None)
+    strategy = make_strategy(split or None)
     if split:
-        strategies = {"1_replica": task.make_strategy(split[:1]), f"{len(split)}_replicas": strategy}
+        strategies = {"1_replica": make_strategy(split[:1]), f"{len(split)}_replicas": strategy}
     else:
         strategies = {"": strategy}
-    xla_layers = {"trainer": model_lib.xla_layers_for(strategy, True), "keras": False, "xla": True}[args.model]
+    xla_layers = {"trainer": True, "keras": False, "xla": True}[args.model]
     jit = xla_layers
     for batch_size in [int(text) for text in args.batch_sizes.split(",")]:
         config = {**config_lib.DEFAULTS, "size": args.size, "batch_size": batch_size}

@@ -99,7 +99,9 @@ def measure(args, data_dir: str, model_dir: str) -> int:
                           paths=outputs.output_paths(model_dir), chief=True, workers=1,
                           stop=preemption.StopRequest("bench loop"), log=lambda message: None)  # fmt: skip
         with strategy.scope():
-            fit_model = model_lib.build_training_model(config, xla_layers=config["xla_layers"])
+            fit_model = model_lib.build_path_model(
+                config["size"], incremental=config["incremental_model"], xla_layers=config["xla_layers"]
+            )
             model_lib.compile_model(fit_model, config["learning_rate"], jit_compile=config["xla_layers"])
 
         def fed(context=None, config=config, plan=plan):

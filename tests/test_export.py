@@ -37,7 +37,7 @@ print(json.dumps({
 def exported(tmp_path_factory):
     """A size-8 model trained for a moment (so that it tells the classes apart), exported both ways."""
     folder = tmp_path_factory.mktemp("export")
-    keras_model = model_lib.compile_model(model_lib.build_model({"size": SIZE}), learning_rate=0.01)
+    keras_model = model_lib.compile_model(model_lib.build_model(SIZE), learning_rate=0.01)
     train = generator.generate(0, "train", 0, 512, SIZE)
     keras_model.fit(train["video"], train["label"], batch_size=32, epochs=2, verbose=0)
     export_dir = export.export_saved_model(keras_model, str(folder / "export"), ["left", "right"])
@@ -114,8 +114,8 @@ def test_the_keras_file_loads_in_plain_keras_and_predicts_what_the_saved_model_p
 
 
 def test_the_time_distributed_form_holds_build_models_weights_in_the_same_order():
-    folded = model_lib.build_model({"size": SIZE})
-    tutorial = model_lib.build_time_distributed_model({"size": SIZE})
+    folded = model_lib.build_model(SIZE)
+    tutorial = model_lib.build_time_distributed_model(SIZE)
     assert [w.shape for w in folded.weights] == [w.shape for w in tutorial.weights]
     tutorial.set_weights(folded.get_weights())
     videos = generator.generate(5, "test", 0, 4, SIZE)["video"]

@@ -16,7 +16,7 @@ def layer_shapes(model):
 
 
 def test_the_model_at_size_50_has_the_tutorials_layers_shapes_and_parameter_count():
-    model = model_lib.build_model({"size": 50})
+    model = model_lib.build_model(50)
     assert model.count_params() == 240_661
     assert layer_shapes(model) == {
         "video": ((None, 50, 50, 50, 1), 0),
@@ -34,19 +34,19 @@ def test_the_model_at_size_50_has_the_tutorials_layers_shapes_and_parameter_coun
 
 def test_the_summary_shows_the_layers_and_the_count():
     lines = []
-    model_lib.build_model({"size": 50}).summary(print_fn=lambda line, **_: lines.append(line))
+    model_lib.build_model(50).summary(print_fn=lambda line, **_: lines.append(line))
     summary = "\n".join(lines)
     for text in ["conv (Conv2D)", "(None, 49, 49, 2)", "(None, 24, 24, 2)", "(None, 1152)", "lstm (LSTM)", "240,661"]:
         assert text in summary
 
 
 def test_the_time_distributed_form_has_the_same_parameters():
-    assert model_lib.build_time_distributed_model({"size": 50}).count_params() == 240_661
+    assert model_lib.build_time_distributed_model(50).count_params() == 240_661
 
 
 def test_folding_time_computes_exactly_what_time_distributed_computes():
-    folded = model_lib.build_model({"size": 8})
-    wrapped = model_lib.build_time_distributed_model({"size": 8})
+    folded = model_lib.build_model(8)
+    wrapped = model_lib.build_time_distributed_model(8)
     wrapped.set_weights(folded.get_weights())  # same layers in the same order, so the same weights fit
     videos = generator.generate(3, "test", 0, 6, 8)["video"]
     np.testing.assert_allclose(folded.predict(videos, verbose=0), wrapped.predict(videos, verbose=0), atol=1e-6)
@@ -54,7 +54,7 @@ def test_folding_time_computes_exactly_what_time_distributed_computes():
 
 def test_frames_of_different_videos_do_not_mix():
     # A batch of two videos must give each the probability it gets alone.
-    model = model_lib.build_model({"size": 8})
+    model = model_lib.build_model(8)
     videos = generator.generate(4, "test", 0, 2, 8)["video"]
     together = model.predict(videos, verbose=0)
     alone = np.concatenate([model.predict(videos[i : i + 1], verbose=0) for i in range(2)])
@@ -77,7 +77,7 @@ def test_fold_and_unfold_time_eagerly_and_in_a_dataset_map():
 
 
 def test_the_keras_file_round_trips(tmp_path):
-    model = model_lib.build_model({"size": 8})
+    model = model_lib.build_model(8)
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -88,8 +88,8 @@ def test_the_keras_file_round_trips(tmp_path):
 
 def test_the_xla_layers_have_the_same_shapes_and_weights_and_compute_the_same_outputs():
     keras.utils.set_random_seed(3)
-    plain = model_lib.build_model({"size": 20})
-    xla = model_lib.compile_model(model_lib.build_model({"size": 20}, xla_layers=True), 0.001, jit_compile=True)
+    plain = model_lib.build_model(20)
+    xla = model_lib.compile_model(model_lib.build_model(20, xla_layers=True), 0.001, jit_compile=True)
     assert layer_shapes(xla) == layer_shapes(plain)
     assert [type(layer).__name__ for layer in xla.layers if layer.name in ("conv", "pool")] == [
         "XlaConv2D",
@@ -104,11 +104,11 @@ def test_a_model_trained_with_the_xla_layers_trains_and_hands_its_weights_to_ker
     keras.utils.set_random_seed(0)
     data = generator.generate(seed=1, split="train", start=0, count=64, size=8)
     videos, labels = data["video"], data["label"].astype("float32")
-    xla = model_lib.compile_model(model_lib.build_model({"size": 8}, xla_layers=True), 0.01, jit_compile=True)
+    xla = model_lib.compile_model(model_lib.build_model(8, xla_layers=True), 0.01, jit_compile=True)
     before = xla.evaluate(videos, labels, verbose=0)[0]
     xla.fit(videos, labels, batch_size=16, epochs=5, verbose=0)
     assert xla.evaluate(videos, labels, verbose=0)[0] < before
-    plain = model_lib.compile_model(model_lib.build_model({"size": 8}), 0.01)
+    plain = model_lib.compile_model(model_lib.build_model(8), 0.01)
     plain.set_weights(xla.get_weights())
     np.testing.assert_allclose(plain.predict(videos, verbose=0), xla.predict(videos, verbose=0), atol=1e-6)
 
@@ -121,7 +121,7 @@ def test_the_xla_layers_refuse_what_they_do_not_compute():
 
 
 def test_cosine_decay_brings_the_learning_rate_to_zero_at_the_last_step():
-    optimizer = model_lib.compile_model(model_lib.build_model({"size": 8}), 0.002, cosine_decay_steps=100).optimizer
+    optimizer = model_lib.compile_model(model_lib.build_model(8), 0.002, cosine_decay_steps=100).optimizer
     rates = {}
     for step in (0, 50, 100):
         optimizer.iterations.assign(step)
@@ -148,8 +148,8 @@ def test_the_rendering_path_model_is_the_cnn_lstm_fed_by_render_video_with_the_s
     keras.utils.set_random_seed(4)
     training = model_lib.build_path_model(8, incremental=False)
     assert [layer.name for layer in training.layers] == ["path", "render_video", "cnn_lstm"]
-    assert training.count_params() == model_lib.build_model({"size": 8}).count_params()
-    plain = model_lib.build_model({"size": 8})
+    assert training.count_params() == model_lib.build_model(8).count_params()
+    plain = model_lib.build_model(8)
     plain.set_weights(training.get_weights())
     data = generator.generate(seed=6, split="test", start=0, count=10, size=8)
     np.testing.assert_allclose(
@@ -167,8 +167,8 @@ def test_the_path_models_round_trip_through_a_keras_file(tmp_path, incremental):
 
 
 def test_the_training_model_follows_the_configs_incremental_model_key():
-    incremental = model_lib.build_training_model({"size": 8, "incremental_model": True})
-    rendering = model_lib.build_training_model({"size": 8, "incremental_model": False}, xla_layers=True)
+    incremental = model_lib.build_path_model(8, incremental=True)
+    rendering = model_lib.build_path_model(8, incremental=False, xla_layers=True)
     assert "render_video" not in [layer.name for layer in incremental.layers]
     assert [type(layer).__name__ for layer in rendering.get_layer("cnn_lstm").layers if layer.name == "conv"] == [
         "XlaConv2D"
@@ -241,7 +241,7 @@ def test_the_incremental_model_computes_the_rendering_models_outputs_and_gradien
 def test_the_incremental_models_weights_make_the_video_model():
     keras.utils.set_random_seed(7)
     incremental = model_lib.build_path_model(8)
-    plain = model_lib.build_model({"size": 8})
+    plain = model_lib.build_model(8)
     assert {layer.name: layer.count_params() for layer in incremental.get_layer("cnn_lstm").layers} == {
         "path": 0,
         "conv": 10,
@@ -259,7 +259,7 @@ def test_the_incremental_model_is_initialised_as_the_video_model_is():
     keras.utils.set_random_seed(11)
     incremental = model_lib.build_path_model(8).get_weights()
     keras.utils.set_random_seed(11)
-    plain = model_lib.build_model({"size": 8}).get_weights()
+    plain = model_lib.build_model(8).get_weights()
     for got, wanted in zip(incremental, plain, strict=True):
         np.testing.assert_array_equal(got, wanted)
 
@@ -308,13 +308,3 @@ def test_the_incremental_model_refuses_what_it_does_not_compute():
         model_lib.build_path_model(2)
     with pytest.raises(ValueError, match="2x2 kernel"):
         model_lib.PathConv2D(2, (3, 3), size=8)(keras.Input((8, 2), dtype="uint8"))
-
-
-def test_xla_layers_are_chosen_for_one_device_only():
-    import tensorflow as tf
-
-    one = tf.distribute.MirroredStrategy(["/cpu:0"])
-    assert model_lib.xla_layers_for(one, True) and not model_lib.xla_layers_for(one, False)
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) > 1:  # conftest or another test may have split the CPU
-        assert not model_lib.xla_layers_for(tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), True)

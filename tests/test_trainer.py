@@ -50,7 +50,7 @@ def test_training_under_a_two_device_mirror_converges(mirrored_run):
     stderr = mirrored_run["result"].stderr
     assert "2 replicas in all" in stderr and "CPU:0" in stderr and "CPU:1" in stderr
     assert "conv (PathConv2D)" in stderr  # the model computed from the path, on any number of devices
-    assert "each replica's step compiled by XLA" in stderr
+    assert "each replica's forward and backward pass compiled by XLA" in stderr
     metrics = json.loads((mirrored_run["model_dir"] / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["examples"] == SMALL["num_test"]
     assert metrics["accuracy"] >= 0.95, metrics

@@ -36,11 +36,13 @@ DEFAULTS = {
     "steps_per_epoch": None,
     # Validation batches after each epoch; None: the whole validation split.
     "validation_steps": None,
-    # Input: examples held by the shuffle buffer (still compressed, about 400 bytes each at S = 50),
-    # shards read at once, and a fixed order for reproducible runs (slower).
+    # Input: records shuffled together (a window of serialized records, about 500 bytes each at S = 50),
+    # shards read at once, and parallel reads kept in order: each epoch's order is then a function of
+    # (seed, epoch) alone, so a run and its resumed twin end with the same weights (false: reads in
+    # whatever order they finish; a resumed run then goes on in another order).
     "shuffle_buffer": 10_000,
     "interleave_cycle_length": 16,
-    "deterministic": False,
+    "deterministic": True,
     "seed": 0,
     # Distribution: devices to mirror over (None: every GPU, or the CPU when there is none), and
     # logical CPU devices to split the CPU into first (lets a CPU-only machine mirror over several).

@@ -68,7 +68,7 @@ def save_keras(model: keras.Model, path: str) -> str:
     """
     from trainer import model as model_lib
 
-    portable = model_lib.build_time_distributed_model({"size": model.input_shape[2]})
+    portable = model_lib.build_time_distributed_model(model.input_shape[2])
     portable.set_weights(model.get_weights())
     partial = path + ".partial.keras"
     try:

@@ -122,8 +122,8 @@ def training_dataset(
     builder,
     config: dict,
     *,
-    steps_per_epoch: int,
-    epochs: int,
+    steps_per_epoch: int | None = None,
+    epochs: int | None = None,
     start_step: int = 0,
     input_context=None,
     log=None,
@@ -140,8 +140,11 @@ def training_dataset(
 
     input_context (tf.distribute) makes it this input pipeline's share in batches of the per-replica
     size: its own shard files when the split has at least one per pipeline, else every k-th record.
+    steps_per_epoch defaults to one pass over the split; epochs to no end.
     """
     info = builder.info.splits["train"]
+    steps_per_epoch = steps_per_epoch or max(1, info.num_examples // config["batch_size"])
+    epochs = epochs or 2**62
     pipelines, pipeline_id = (
         (1, 0) if input_context is None else (input_context.num_input_pipelines, input_context.input_pipeline_id)
     )

@@ -18,10 +18,9 @@ projection is the previous one's plus at most 8 kernel rows: the CNN side costs 
 a sequence instead of O(T x S x S) pixels. Both have build_model's weights, in its order;
 exports hold build_model's layers and take `video` as the tutorial's model does.
 
-The rendering model, trained on one device (a CPU or one GPU), uses XlaConv2D and XlaMaxPooling2D
-in place of Conv2D and MaxPooling2D, and XLA's LSTM loop in place of cuDNN's (the same layers
-computed another way, see XlaConv2D), with the whole train step compiled by XLA. Exports use
-Keras's own.
+The rendering model, trained with XLA, uses XlaConv2D and XlaMaxPooling2D in place of Conv2D and
+MaxPooling2D, and XLA's LSTM loop in place of cuDNN's (the same layers computed another way, see
+XlaConv2D). Exports use Keras's own.
 """
 
 from __future__ import annotations
@@ -148,18 +147,6 @@ class XlaMaxPooling2D(keras.layers.MaxPooling2D):
         return reshaped_max_pool(inputs, *self.pool_size)
 
 
-def xla_layers_for(strategy, enabled: bool) -> bool:
-    """Whether to train with the XLA layers and XLA: when enabled and training on one device (a CPU or a GPU).
-
-    Measured (BENCHMARKS.md): 2-3x faster train steps than Keras's layers on a 2-core CPU, and 2.2-2.5x
-    on an H100 at batch 1,024 (cuDNN's conv and max-pool on 2-channel 50x50 frames are mostly overhead).
-    Several replicas (a mirror, or workers) keep Keras's layers without XLA: XLA compiles the
-    cross-replica gradient sum only as an NCCL collective, which two replicas on one GPU cannot use.
-    """
-    devices = strategy.extended.worker_devices
-    return enabled and len(devices) == 1
-
-
 def video_input(size: int) -> keras.KerasTensor:
     """The model's input: raw uint8 videos, as stored; the cast to float happens inside the model."""
     return keras.Input(shape=(size, size, size, 1), dtype="uint8", name="video")
@@ -170,13 +157,12 @@ def to_float(video: keras.KerasTensor) -> keras.KerasTensor:
     return keras.layers.Rescaling(1.0, name="to_float")(video)
 
 
-def build_model(config: dict, xla_layers: bool = False) -> keras.Model:
-    """The folded CNN-LSTM for videos of config["size"] frames of size x size pixels (not compiled).
+def build_model(size: int, xla_layers: bool = False) -> keras.Model:
+    """The folded CNN-LSTM for videos of `size` frames of size x size pixels (not compiled).
 
     xla_layers: XlaConv2D, XlaMaxPooling2D and a non-cuDNN LSTM in place of Keras's defaults, for a
     model compiled with XLA (same weights, so either model takes the other's).
     """
-    size = config["size"]
     conv, pool = (XlaConv2D, XlaMaxPooling2D) if xla_layers else (keras.layers.Conv2D, keras.layers.MaxPooling2D)
     video = video_input(size)
     frames = FoldTime(name="fold_time")(to_float(video))
@@ -385,7 +371,7 @@ def build_path_model(size: int, *, incremental: bool = True, xla_layers: bool = 
     """
     path = path_input(size)
     if not incremental:
-        cnn_lstm = build_model({"size": size}, xla_layers=xla_layers)
+        cnn_lstm = build_model(size, xla_layers=xla_layers)
         return keras.Model(path, cnn_lstm(RenderVideo(size, name="render_video")(path)), name="cnn_lstm_from_path")
     conv = PathConv2D(CONV_FILTERS, CONV_KERNEL, size=size, activation="relu", name="conv")
     summary = PathLSTM(LSTM_UNITS, features=conv.pooled**2 * CONV_FILTERS, name="lstm")(conv(path))
@@ -396,15 +382,9 @@ def build_path_model(size: int, *, incremental: bool = True, xla_layers: bool = 
     return keras.Model(outer, cnn_lstm(outer), name="cnn_lstm_from_path")
 
 
-def build_training_model(config: dict, xla_layers: bool = False) -> keras.Model:
-    """build_path_model for a config: its size, and its incremental_model key (incremental when absent)."""
-    incremental = config.get("incremental_model", True)
-    return build_path_model(config["size"], incremental=incremental, xla_layers=xla_layers)
-
-
-def build_time_distributed_model(config: dict) -> keras.Model:
-    """The tutorial's form (TimeDistributed wrappers); same layers and weights. For bench/ and tests."""
-    size = config["size"]
+def build_time_distributed_model(size: int) -> keras.Model:
+    """The tutorial's form (TimeDistributed wrappers); same layers and weights, Keras's own layers only:
+    what model.keras holds, so that plain Keras loads it."""
     video = video_input(size)
     features = keras.layers.TimeDistributed(
         keras.layers.Conv2D(CONV_FILTERS, CONV_KERNEL, activation="relu"), name="conv"

@@ -127,14 +127,11 @@ def main(argv=None):
     )
     if chief and state == "new":
         loop.model.get_layer("cnn_lstm").summary(print_fn=lambda text, **_: [log(line) for line in text.splitlines()])
-    log(
-        "fed each video's path, which RenderVideo draws into its frames on the training device; "
-        + (
-            "each replica's step compiled by XLA with XlaConv2D and XlaMaxPooling2D (off: --set xla_layers=false)"
-            if config["xla_layers"]
-            else "Keras's layers, no XLA"
-        )
-    )
+    how = ("the CNN-LSTM computed from each video's path without drawing a frame (PathConv2D, PathLSTM)"
+           if config["incremental_model"] else "each video's path drawn into its frames by RenderVideo")  # fmt: skip
+    xla = ("each replica's forward and backward pass compiled by XLA (off: --set xla_layers=false)"
+           if config["xla_layers"] else "no XLA")  # fmt: skip
+    log(f"training {how}; {xla}")
     from trainer import checkpoints
 
     progress = checkpoints.restore_latest(loop.checkpoint, paths.checkpoints, config, log)

@@ -113,7 +113,9 @@ class Loop:
         self.xla = config["xla_layers"]
         keras.utils.set_random_seed(config["seed"])
         with strategy.scope():
-            self.model = model_lib.build_training_model(config, xla_layers=self.xla)
+            self.model = model_lib.build_path_model(
+                config["size"], incremental=config["incremental_model"], xla_layers=self.xla
+            )
             decay_steps = plan.total_steps if config["cosine_decay"] else None
             # Clipping is the step's (after the sum over replicas), not the optimizer's (before it).
             self.optimizer = model_lib.make_optimizer(config["learning_rate"], None, decay_steps)
@@ -376,7 +378,7 @@ class Loop:
 
     def plain_model(self) -> keras.Model:
         """The CNN-LSTM taking `video`, with the trained weights (no distributed variables)."""
-        model = model_lib.build_model(self.config)
+        model = model_lib.build_model(self.config["size"])
         model.set_weights(self.model.get_weights())
         return model
 
