@@ -105,7 +105,7 @@ def main(argv=None):
     log(
         f"{state} run in {paths.model_dir}: {builder.data_dir} ({plan.num_train:,} training examples), "
         f"{plan.epochs} epochs of {plan.steps_per_epoch} steps of {plan.batch_size}, {where}"
-        f"{strategy.num_replicas_in_sync} replicas in all {devices}"
+        f"{strategy.num_replicas_in_sync} replica{'s' * (strategy.num_replicas_in_sync > 1)} in all {devices}"
     )
     if args.tf_data_service:
         log(f"training batches come from the tf.data service at {args.tf_data_service}")
