@@ -26,7 +26,15 @@ SMALLEST = {
         "--candidates=path",
     ],  # fmt: skip
     "accuracy": ["--configs=smoke", "--target=0"],
-    "loop": ["--data_dir={data}", f"--size={SMALL['size']}", "--batch_sizes=8", "--steps=1", "--repeats=1"],
+    "loop": [
+        "--data_dir={data}",
+        f"--size={SMALL['size']}",
+        "--batch_sizes=8",
+        "--steps=1",
+        "--repeats=1",
+        "--models=incremental",
+    ],
+    "step": ["--size=8", "--batch_sizes=8", "--rounds=1", "--round_seconds=0.2"],
     "resume": ["--data_dir={data}", f"--size={SMALL['size']}", "--repeats=1"],
 }
 
