@@ -21,11 +21,7 @@ import os
 
 import apache_beam as beam
 
-from pipeline import cli, contract, records
-
-# Beam's worker processes import this module: keep TensorFlow's start-up lines (should anything load it)
-# and, in the launching process, Beam's INFO lines about its workers out of the output.
-cli.quiet_tensorflow()
+from pipeline import contract, records
 
 # Examples serialized by one numpy pass: big enough to amortise Python, small enough to keep a
 # worker's memory flat (the videos are never drawn, a chunk is a few MB).

@@ -468,7 +468,7 @@ def test_a_disk_that_fills_up_midway_ends_in_one_line_with_nothing_kept_and_then
         file.write(b"\0" * (40 << 20))
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == (
         f"pipeline.generate: error: no space left on the device writing {config_folder / VERSION}; nothing was kept: "
         "free some space and run the same command again"

@@ -143,7 +143,9 @@ def test_sigterm_stops_within_seconds_with_one_line_and_the_rerun_ends_as_if_nev
     deadline = time.monotonic() + 240
     log = Path(f"{model_dir}.worker{len(processes) - 1}.log")
     while "first step of this run" not in log.read_text():
-        assert time.monotonic() < deadline and target.poll() is None, "the run ended before its first step"
+        if time.monotonic() > deadline or target.poll() is not None:
+            finish(processes, timeout=0)
+            pytest.fail(f"the run ended before its first step:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
     target.send_signal(signal.SIGTERM)
     sent = time.monotonic()

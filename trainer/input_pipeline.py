@@ -11,6 +11,7 @@ Evaluation of exported models reads the stored `video`, as any other project wou
 
 from __future__ import annotations
 
+import functools
 import os
 
 import tensorflow as tf
@@ -20,6 +21,8 @@ from pipeline import contract
 from pipeline.cli import UsageError
 
 AUTOTUNE = tf.data.AUTOTUNE
+# The functions handed to tf.data here are marked do_not_convert: they hold no Python control flow for
+# autograph to convert, and its converted code would be left in temporary files by a process that is killed.
 # Counter-based and the same on every platform: the input order depends on the seed alone.
 RANDOM_ALGORITHM = "philox"
 
@@ -168,6 +171,7 @@ def training_dataset(
     deterministic = config["deterministic"]
     skip_corrupt = config.get("skip_corrupt_records", False)
 
+    @tf.autograph.experimental.do_not_convert
     def pass_files(epoch, number):
         """One pass's shard files (this pipeline's share of them), in an order drawn from (seed, epoch, pass)."""
         order = tf.random.experimental.stateless_shuffle(
@@ -178,6 +182,7 @@ def training_dataset(
             order = order[pipeline_id::pipelines]
         return tf.data.Dataset.from_tensor_slices((tf.gather(paths, order), tf.gather(lengths, order)))
 
+    @tf.autograph.experimental.do_not_convert
     def pass_records(epoch, number):
         """One pass over this pipeline's share of the split, shuffled: a permutation of it when the shuffle
         window holds the whole share, else shuffled within consecutive windows of that many records."""
@@ -187,16 +192,20 @@ def training_dataset(
             records = records.shard(pipelines, pipeline_id)
         return window_shuffle(records, config["shuffle_buffer"], fold_in(epoch_seed(config["seed"], epoch), number))
 
+    @tf.autograph.experimental.do_not_convert
     def epoch_batches(epoch):
         # Pass after pass, each read whole before the next begins.
-        records = tf.data.Dataset.counter().flat_map(lambda number: pass_records(epoch, number))
+        records = tf.data.Dataset.counter().flat_map(functools.partial(pass_records, epoch))
         return records.batch(batch_size, drop_remainder=True).take(steps_per_epoch * batches_per_step)
 
     first_epoch, steps_done = divmod(start_step, steps_per_epoch)
     skip = tf.constant(steps_done * batches_per_step, tf.int64)
-    batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(
-        lambda epoch: epoch_batches(epoch).skip(tf.where(epoch == first_epoch, skip, tf.constant(0, tf.int64)))
-    )
+
+    @tf.autograph.experimental.do_not_convert
+    def epoch_from_its_position(epoch):
+        return epoch_batches(epoch).skip(tf.where(epoch == first_epoch, skip, tf.constant(0, tf.int64)))
+
+    batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_from_its_position)
     batches = parse_paths(batches, builder, batch_size, deterministic)
     return endless(batches.with_options(read_options(deterministic)))
 
@@ -216,6 +225,7 @@ def window_shuffle(records: tf.data.Dataset, window: int, seed: tf.Tensor) -> tf
     the order is a pure function of the seed (tf.data's shuffle draws each epoch's seed from a generator that
     only replaying every earlier epoch reproduces)."""
 
+    @tf.autograph.experimental.do_not_convert
     def permute(number, window_records):
         order = tf.random.experimental.stateless_shuffle(
             tf.range(tf.shape(window_records, out_type=tf.int64)[0]), seed=fold_in(seed, number), alg=RANDOM_ALGORITHM
@@ -272,6 +282,7 @@ def interleave_shards(files: tf.data.Dataset, cycle_length: int, deterministic: 
     """The records of (path, record count) shard files, read interleaved; each shard's count is checked
     (TFDS's own check: a shard cut at a record boundary is an error) unless skip_corrupt drops bad records."""
 
+    @tf.autograph.experimental.do_not_convert
     def shard_records(path, length):
         records = tf.data.TFRecordDataset(path)
         return records if skip_corrupt else records.apply(tf.data.experimental.assert_cardinality(length))
@@ -322,6 +333,7 @@ def parse_paths(batches, builder, batch_size: int, deterministic: bool) -> tf.da
     size = builder.info.features["video"].shape[1]
     spec = {"path": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
+    @tf.autograph.experimental.do_not_convert
     def parse(serialized):
         examples = tf.io.parse_example(serialized, spec)
         path = tf.reshape(tf.io.decode_raw(examples["path"], tf.uint8), [-1, size, 2])
@@ -377,7 +389,7 @@ def reads_own_files(num_shards: int, input_context) -> bool:
 def batch_and_decode(records, builder, batch_size: int, deterministic: bool, drop_remainder: bool):
     video_feature = builder.info.features["video"]
     examples = records.map(
-        lambda example: to_model_inputs(example, video_feature),
+        tf.autograph.experimental.do_not_convert(lambda example: to_model_inputs(example, video_feature)),
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )

@@ -10,7 +10,9 @@ checkpoints and the logs (Vertex AI sets them).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import tempfile
 
 from pipeline import cli
 from trainer import config as config_lib
@@ -131,19 +133,18 @@ def check_model_dir(paths: Paths, config: dict) -> str:
 
 
 def check_creatable(folder: str):
-    """A UsageError unless a local folder can be made (made and removed again: nothing is left)."""
+    """A UsageError unless a local folder can be made there: a probe folder of a unique name is made in its
+    nearest existing ancestor and removed (workers sharing the folder check it at once, without racing)."""
     if "://" in folder:
         return  # a bucket's permissions show when the run writes
-    missing = []
     parent = os.path.abspath(folder)
     while not os.path.exists(parent):
-        missing.append(parent)
         parent = os.path.dirname(parent)
     try:
-        os.makedirs(folder)
+        if not os.path.isdir(parent):
+            raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file")
+        os.rmdir(tempfile.mkdtemp(prefix=".trainer-probe-", dir=parent))
     except OSError as error:
         raise cli.UsageError(
             f"--model_dir {folder} cannot be created ({error.strerror}); give a writable folder"
         ) from None
-    for created in missing:
-        os.rmdir(created)

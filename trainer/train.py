@@ -148,9 +148,10 @@ class Loop:
             return sums(probability_right, labels, keras.losses.binary_crossentropy(labels[:, None], probability_right))
 
         # XLA compiles what each replica computes alone; the sum over replicas stays outside, where
-        # tf.distribute does it (XLA compiles cross-replica sums only as NCCL collectives).
-        forward_backward = tf.function(forward_backward, jit_compile=self.xla)
-        forward = tf.function(forward, jit_compile=self.xla)
+        # tf.distribute does it (XLA compiles cross-replica sums only as NCCL collectives). No autograph:
+        # the steps hold no Python control flow to convert, and its converted code is left in temporary files.
+        forward_backward = tf.function(forward_backward, jit_compile=self.xla, autograph=False)
+        forward = tf.function(forward, jit_compile=self.xla, autograph=False)
 
         def replica_step(paths, labels):
             gradients, step_sums = forward_backward(paths, labels)
@@ -163,7 +164,7 @@ class Loop:
             optimizer.apply(gradients, model.trainable_variables)
             return step_sums
 
-        @tf.function
+        @tf.function(autograph=False)
         def train_step(batch):
             return strategy.reduce("SUM", strategy.run(replica_step, args=batch), axis=None)
 
@@ -172,11 +173,11 @@ class Loop:
             # first replica's device for every replica.
             return forward(paths, labels)
 
-        @tf.function
+        @tf.function(autograph=False)
         def validation_step(batch):
             return strategy.reduce("SUM", strategy.run(replica_validation_step, args=batch), axis=None)
 
-        @tf.function
+        @tf.function(autograph=False)
         def agree(status):
             return strategy.reduce("SUM", strategy.run(tf.identity, args=(status,)), axis=None)
 
