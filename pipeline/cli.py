@@ -49,8 +49,39 @@ class Interrupted(BaseException):
         self.signal_number = signal_number
 
 
+# The signals raise_interrupted has raised. Python drops an exception raised inside a finalizer (a __del__
+# that garbage collection happens to run at that moment) or inside a library's catch-all, and the command
+# would go on as if never signalled; interrupts_deferred raises such a signal again at its end.
+_raised: list[int] = []
+
+
 def raise_interrupted(signal_number, frame):
+    _raised.append(signal_number)
+    if signal_number == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Interrupted(signal_number)
+
+
+def raised_signal() -> int | None:
+    """The first signal raise_interrupted has raised, if any (the command may have dropped its exception)."""
+    return _raised[0] if _raised else None
+
+
+def install_interrupt_handlers():
+    """SIGTERM and SIGINT end the command at once, unwinding like Ctrl-C so that `finally` blocks clean up."""
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, raise_interrupted)
+    if sys.unraisablehook is not _quiet_about_dropped_interrupts:
+        _quiet_about_dropped_interrupts.previous = sys.unraisablehook
+        sys.unraisablehook = _quiet_about_dropped_interrupts
+
+
+def _quiet_about_dropped_interrupts(unraisable):
+    """Python prints a dropped exception with its traceback ("Exception ignored in"); a dropped interrupt is
+    raised again later (see _raised), so it is not worth a traceback."""
+    if isinstance(unraisable.exc_value, (Interrupted, KeyboardInterrupt)) and _raised:
+        return
+    _quiet_about_dropped_interrupts.previous(unraisable)
 
 
 @contextlib.contextmanager
@@ -58,7 +89,9 @@ def interrupts_deferred():
     """SIGTERM and SIGINT arriving inside are raised (as Interrupted) once it ends.
 
     For calls into TensorFlow: an exception raised by a signal handler in the middle of one can come out
-    as another error (a failed function call, with a traceback) instead of the interrupt.
+    as another error (a failed function call, with a traceback) instead of the interrupt. Its end also
+    raises a signal whose exception was raised before and dropped (see _raised): a loop that enters it
+    once per batch stops within a batch of any signal.
     """
     pending = []
     previous = {number: signal.signal(number, lambda number, frame: pending.append(number))
@@ -68,8 +101,8 @@ def interrupts_deferred():
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if pending:
-            raise Interrupted(pending[0])
+        if pending or _raised:
+            raise Interrupted(pending[0] if pending else raised_signal())
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -86,8 +119,7 @@ def fail(prog: str, message: str, exit_code: int = USAGE_ERROR_EXIT):
 
 def run_main(prog: str, main, argv=None):
     """Runs main(argv); a UsageError, FaultError, full disk, Ctrl-C or SIGTERM becomes one line and its exit code."""
-    # SIGTERM (what schedulers send before killing) unwinds like Ctrl-C, so `finally` blocks clean up.
-    signal.signal(signal.SIGTERM, raise_interrupted)
+    install_interrupt_handlers()
     try:
         return main(argv)
     except UsageError as error:

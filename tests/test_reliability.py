@@ -789,3 +789,38 @@ def test_tensorflows_start_up_lines_are_dropped_and_real_warnings_and_errors_kep
     # With a driver installed, cuInit's failure is a real error.
     with_driver = TENSORFLOW_LOADING.replace("Could not find cuda drivers on your machine", "Loaded the driver")
     assert any("failed call to cuInit" in line for line in cli.lines_worth_showing(with_driver, "2"))
+
+
+# Python drops an exception raised inside a finalizer: a signal handled while garbage collection runs one
+# (the predict test above lost its SIGTERM this way now and then) must still stop the command.
+SIGNAL_INSIDE_A_FINALIZER = """
+import gc, os, signal, sys
+from pipeline import cli
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # handled here, where Python drops the exception
+        for _ in range(1000):
+            pass
+
+def main(argv):
+    cycle = Finalized()
+    cycle.itself = cycle
+    del cycle
+    gc.collect()
+    print("went on", flush=True)
+    with cli.interrupts_deferred():
+        pass
+    print("not stopped", flush=True)
+
+raise SystemExit(cli.run_main("demo", main))
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_whose_exception_python_dropped_still_stops_the_command_at_the_next_batch(name):
+    result = subprocess.run([sys.executable, "-c", SIGNAL_INSIDE_A_FINALIZER, name], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.stdout.splitlines() == ["went on"]
+    assert result.returncode == 128 + getattr(signal, name), result.stderr
+    assert result.stderr.splitlines() == [f"demo: error: interrupted by {name}; run the same command again"]

@@ -51,12 +51,13 @@ class StopRequest:
     def install(self):
         for number in STOP_SIGNALS:
             signal.signal(number, self._note)
+        if cli.raised_signal() is not None:  # raised before and dropped on the way (see cli._raised)
+            self._note(cli.raised_signal(), None)
 
     def uninstall(self):
         """Back to ending the command at once (cli.run_main's handling) once there is no step to finish."""
         self.stopped()
-        signal.signal(signal.SIGTERM, cli.raise_interrupted)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        cli.install_interrupt_handlers()
 
     @property
     def requested(self) -> bool:
