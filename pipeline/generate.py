@@ -448,4 +448,5 @@ def summarize(builder, seconds: float):
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli.run_main(PROG, main))
+    # Errors leave through SystemExit with Python's usual teardown; a finished build ends at once.
+    cli.exit_at_once(cli.run_main(PROG, main))

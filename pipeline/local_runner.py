@@ -112,3 +112,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     runpy.run_module("apache_beam.runners.worker.sdk_worker_main", run_name="__main__", alter_sys=True)
+    # The runner waits for its workers to exit before the job ends: a worker whose work is done ends at once.
+    from pipeline import cli
+
+    cli.exit_at_once(0)
