@@ -10,8 +10,9 @@ a run stopped at any point and started again ends with the weights of a run neve
 
 A train step: the forward and backward pass of each replica, compiled by XLA (with the XLA layers);
 the gradients summed over every replica of every worker and clipped by their global norm (so clipping
-means the same on 1 or N replicas); Adam's update. SIGTERM or SIGINT (trainer.preemption) stop the loop
-after the step in progress, with a checkpoint; across workers every worker stops at the same step.
+means the same on 1 or N replicas); Adam's update. On one device XLA compiles the whole step.
+SIGTERM or SIGINT (trainer.preemption) stop the loop after the step in progress, with a checkpoint;
+across workers every worker stops at the same step.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ class Loop:
             optimizer.apply(gradients, model.trainable_variables)
             return step_sums
 
-        @tf.function(autograph=False)
+        # On one device the whole step, Adam's update included, is one XLA program, as model.fit compiles it.
+        @tf.function(autograph=False, jit_compile=self.xla and replicas == 1)
         def train_step(batch):
             return strategy.reduce("SUM", strategy.run(replica_step, args=batch), axis=None)
 
