@@ -9,7 +9,6 @@ many times longer the tutorial's recipe takes than configs/default.yaml.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -18,13 +17,14 @@ import sys
 import tempfile
 import time
 
+from pipeline import cli
 from trainer import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="bench accuracy", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="bench accuracy", description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="default,seed", help="Comma-separated names in configs/.")
     parser.add_argument("--target", type=float, default=0.995)
     parser.add_argument("--work", default=None, help="Folder for data and models (default: a temporary one).")

@@ -22,7 +22,6 @@ the tutorial's TimeDistributed form on the resident video batch. Without --data_
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -39,7 +38,7 @@ WARMUP_STEPS = 5
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="bench feed", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="bench feed", description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", help="A data_dir holding moving_line/size_<size> (default: generate one).")
     parser.add_argument("--size", type=cli.positive_int, default=50)
     parser.add_argument("--batch_sizes", default="32", help="Comma-separated global batch sizes.")

@@ -13,7 +13,6 @@ Every route inflates each 125 kB video (size 50): that is most of the time. Ends
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -52,7 +51,7 @@ def bytes_per_sequence(folder: str, count: int) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="bench formats", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="bench formats", description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", help="A data_dir holding moving_line/size_<size> in both formats.")
     parser.add_argument("--size", type=cli.positive_int, default=contract.DEFAULT_SIZE)
     parser.add_argument("--num", type=cli.positive_int, default=20_000, help="Training examples to build.")

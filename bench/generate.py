@@ -16,7 +16,6 @@ with this checkout, so both see the same machine load. Ends with one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -146,7 +145,7 @@ def stages(size: int) -> dict:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="bench generate", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="bench generate", description=__doc__.split("\n")[0])
     parser.add_argument("--num", default="100000", help="Comma-separated training counts for the Beam job.")
     parser.add_argument("--size", type=cli.positive_int, default=contract.DEFAULT_SIZE)
     parser.add_argument("--baseline", default=None, help="A git commit or tag to run side by side (e.g. the release).")

@@ -10,7 +10,6 @@ Ends with one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -38,7 +37,7 @@ def generate_data(data_dir: str, size: int):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="bench input", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="bench input", description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", help="A data_dir holding moving_line/size_<size> (default: generate one).")
     parser.add_argument("--size", type=cli.positive_int, default=contract.DEFAULT_SIZE)
     parser.add_argument("--batch_size", type=cli.positive_int, default=32)

@@ -13,7 +13,6 @@ that is removed at the end. Ends with one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -28,7 +27,7 @@ WARMUP_STEPS = 5
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="bench loop", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="bench loop", description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", help="A data_dir holding moving_line/size_<size> (default: generate one).")
     parser.add_argument("--size", type=cli.positive_int, default=50)
     parser.add_argument("--num_train", type=cli.positive_int, default=4096, help="When generating.")

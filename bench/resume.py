@@ -15,7 +15,6 @@ Ends with one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -32,7 +31,7 @@ POSITIONS = {"start": 0.0, "half an epoch": 0.5, "1.5 epochs": 1.5, "10.5 epochs
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="bench resume", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="bench resume", description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", help="A data_dir holding moving_line/size_<size> (default: generate one).")
     parser.add_argument("--size", type=cli.positive_int, default=50)
     parser.add_argument("--num_train", type=cli.positive_int, default=20_000, help="When generating.")

@@ -55,3 +55,12 @@ def test_the_benchmark_runs_and_ends_with_its_json_figures(name, small_data_dir,
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["benchmark"] == name
     assert os.listdir(temporary) == []  # temporary folders removed
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_a_bad_flag_gets_one_line_and_exit_2(name):
+    result = run_command("-m", "bench", name, "--no_such_flag=1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [f"bench {name}: error: unrecognized arguments: --no_such_flag=1"], (
+        result.stderr[-3000:]
+    )
