@@ -1,6 +1,7 @@
 """Generation speed, side by side: the tutorial's loop, the generator, the encoder, the whole Beam job.
 
     python -m bench generate [--num 100000,1000000] [--size 50] [--baseline GIT_REF] [--formats tfrecord]
+        [--repeats N]
 
 Each stage on one core (CPU time): the tutorial's per-pixel loop; the generator drawing paths
 alone and drawing the 125 kB videos too; the zlib encoder from the drawn videos (one video at a
@@ -11,7 +12,8 @@ validation and 5% test, start-up included, into a temporary folder: seconds, seq
 CPU utilisation (CPU time of all its processes over the wall time; 200% is two busy cores), peak
 memory of all its processes, bytes per sequence on disk and shards. --baseline GIT_REF runs the
 same job from that commit too (exported with `git archive` into a temporary folder), alternating
-with this checkout, so both see the same machine load. Ends with one JSON line.
+with this checkout, so both see the same machine load; --repeats N runs each job N times, alternating,
+and reports each figure's median. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,6 +110,13 @@ def beam_job(code: str, num: int, size: int, formats: str) -> dict:
     return figures
 
 
+def median_job(jobs: list[dict]) -> dict:
+    """Each figure's median over the runs (the runs' own figures under "runs")."""
+    median = {key: statistics.median(job[key] for job in jobs) for key in jobs[0]}
+    median = {key: round(value, 1) if isinstance(value, float) else value for key, value in median.items()}
+    return {**median, "runs": jobs} if len(jobs) > 1 else jobs[0]
+
+
 def export_baseline(ref: str, folder: str) -> str:
     """The tree of commit `ref` of this repository, exported into folder."""
     archive = subprocess.run(["git", "-C", REPO, "archive", ref], capture_output=True, check=False)
@@ -150,6 +160,9 @@ def parse_args(argv):
     parser.add_argument("--size", type=cli.positive_int, default=contract.DEFAULT_SIZE)
     parser.add_argument("--baseline", default=None, help="A git commit or tag to run side by side (e.g. the release).")
     parser.add_argument("--formats", default="tfrecord", help="--file_format for this checkout's job.")
+    parser.add_argument(
+        "--repeats", type=cli.positive_int, default=1, help="Runs of each job, alternating; the median is reported."
+    )
     args = parser.parse_args(argv)
     try:
         args.num = [int(num) for num in args.num.split(",")]
@@ -174,18 +187,29 @@ def main(argv=None):
             checkouts = {f"baseline {args.baseline}": export_baseline(args.baseline, baseline_folder), **checkouts}
         for num in args.num:
             row = {"num_train": num, "load_before": load()}
-            for name, code in checkouts.items():
-                print(f"  Beam job ({name}): {num:,} train + 5% validation + 5% test...", flush=True)
-                formats = args.formats if name == "this" else "tfrecord"
-                job = beam_job(code, num, size, formats)
-                row[name] = job
-                print(
-                    f"    {job['seq_per_s']:9,} seq/s end to end ({job['seconds']} s, start-up included), "
-                    f"CPU {job['cpu_percent']}%, peak {job['peak_memory_mb_all_processes']:,} MB, "
-                    + ", ".join(f"{key} {value}" for key, value in job.items() if key.endswith("bytes_per_seq"))
-                    + f", {job['shards']} shards",
-                    flush=True,
-                )
+            runs = {name: [] for name in checkouts}
+            for repeat in range(args.repeats):
+                for name, code in checkouts.items():
+                    round_note = f" (round {repeat + 1} of {args.repeats})" if args.repeats > 1 else ""
+                    print(f"  Beam job ({name}){round_note}: {num:,} train + 5% validation + 5% test...", flush=True)
+                    formats = args.formats if name == "this" else "tfrecord"
+                    runs[name].append(job := beam_job(code, num, size, formats))
+                    print(
+                        f"    {job['seq_per_s']:9,} seq/s end to end ({job['seconds']} s, start-up included), "
+                        f"CPU {job['cpu_percent']}%, peak {job['peak_memory_mb_all_processes']:,} MB, "
+                        + ", ".join(f"{key} {value}" for key, value in job.items() if key.endswith("bytes_per_seq"))
+                        + f", {job['shards']} shards",
+                        flush=True,
+                    )
+            for name, jobs in runs.items():
+                row[name] = median_job(jobs)
+                if len(jobs) > 1:
+                    job = row[name]
+                    print(
+                        f"  {name}, median of {len(jobs)}: {job['seq_per_s']:,} seq/s ({job['seconds']} s), CPU "
+                        f"{job['cpu_percent']}% (runs: {', '.join(str(run['cpu_percent']) for run in jobs)}), "
+                        f"peak {job['peak_memory_mb_all_processes']:,} MB"
+                    )
             if args.baseline:
                 baseline = row[f"baseline {args.baseline}"]
                 row["speedup"] = round(row["this"]["seq_per_s"] / baseline["seq_per_s"], 2)

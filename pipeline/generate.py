@@ -21,11 +21,12 @@ import io
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
 
-from pipeline import beam_options, cli, contract, generator, local_runner, records
+from pipeline import beam_options, cli, contract, local_runner
 
 PROG = "pipeline.generate"
 PROGRESS_SECONDS = 5.0
@@ -86,6 +87,8 @@ def make_parser():
 
 
 def parse_args(argv=None):
+    from pipeline import generator  # numpy: after the warm workers have started (main)
+
     parser = make_parser()
     args, beam_args = parser.parse_known_args(argv)
     try:
@@ -256,6 +259,12 @@ def plan_summary(plans) -> str:
 
 
 def main(argv=None):
+    # First of all, so that Beam's workers import Beam on another core while this process does.
+    with local_runner.warm_workers(sys.argv[1:] if argv is None else argv):
+        return generate(argv)
+
+
+def generate(argv=None):
     args, beam_args = parse_args(argv)
     cli.quiet_tensorflow()
     # Local Beam workers forward their log lines here: a harmless warning each about a missing semi-persistent
@@ -281,6 +290,7 @@ def main(argv=None):
 
     from tensorflow_datasets.core.utils import shard_utils
 
+    from pipeline import records
     from pipeline.moving_line import moving_line_dataset_builder as dataset_builder
 
     bytes_per_example = records.mean_record_bytes(args.seed, args.size)

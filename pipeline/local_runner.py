@@ -1,6 +1,15 @@
-"""Beam's local runner as pipeline.generate runs it: worker processes that leave Ctrl-C to it, and how they stop.
+"""Beam's local runner as pipeline.generate runs it: workers forked warm, that leave Ctrl-C to it, and how they stop.
 
-    python -m pipeline.local_runner   # what the runner starts: one Beam SDK worker process
+    python -m pipeline.local_runner                 # what the runner starts: one Beam SDK worker
+    python -m pipeline.local_runner --warm ADDRESS  # what pipeline.generate starts first: the warm workers
+
+A Beam worker spends more CPU time importing Beam than a small job spends on its work, and the runner
+starts its workers only once the command has imported Beam itself and planned the job: one core
+busy, the others idle. So pipeline.generate first starts one process (warm_workers) that imports
+the worker's modules while the command starts, on another core; each worker the runner asks for
+is then forked from it, ready at once. The runner's worker command hands its endpoints to that
+process and waits for the forked worker's exit status; without it (it failed to start) the command
+runs the worker itself, as Beam does.
 
 Ctrl-C reaches every process of the terminal's foreground group: Beam's own workers would each
 print a traceback. These workers ignore it, and pipeline.generate stops them itself
@@ -12,14 +21,24 @@ failure, not one per worker.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import runpy
+import secrets
+import select
 import shlex
 import signal
+import socket
+import struct
+import subprocess
 import sys
 import threading
 import time
+
+# The abstract Unix socket (Linux: no file to leave behind) where the warm process takes requests.
+WARM_ADDRESS_ENV = "MOVING_LINE_WARM_WORKERS"
+# What a worker imports, for the warm process to import before it forks any.
+WORKER_MODULES = ("apache_beam.runners.worker.sdk_worker_main", "pipeline.transforms")
 
 
 def runner_for(options):
@@ -76,7 +95,7 @@ def signals_stop_workers():
 
     def watch():
         while not done.is_set():
-            signal_number = signal.sigtimedwait(watched, 0.2)
+            signal_number = signal.sigtimedwait(watched, 0.05)
             if signal_number is None:
                 continue
             # The runner's threads in this process fail one after the other once the workers stop: their
@@ -108,11 +127,166 @@ def signals_stop_workers():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-    runpy.run_module("apache_beam.runners.worker.sdk_worker_main", run_name="__main__", alter_sys=True)
+def will_start_local_workers(argv: list[str]) -> bool:
+    """Whether pipeline.generate with these arguments runs Beam's worker processes here: the default
+    runner (beam_options.make_options), and neither a dry run nor --help."""
+    flags = {arg.split("=", 1)[0] for arg in argv}
+    return sys.platform == "linux" and not flags & {"--runner", "--direct_running_mode", "--dry_run", "-h", "--help"}
+
+
+@contextlib.contextmanager
+def warm_workers(argv: list[str]):
+    """Starts the process that forks Beam's workers (serve_warm) for the runner's worker command to use,
+    when this command will start local workers; stops it and anything it forked at the end."""
+    if not will_start_local_workers(argv):
+        yield
+        return
+    address = f"moving-line-{os.getpid()}-{secrets.token_hex(8)}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.local_runner", "--warm", address],
+        stdin=subprocess.PIPE,  # its end of the pipe closes when this process ends, however it ends
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # One malloc arena for all threads: records.keep_freed_memory holds only for the main arena, and
+        # a worker's bundles run in a thread of its own, which would otherwise map and unmap its numpy
+        # temporaries for each chunk (BENCHMARKS.md). glibc reads it once, at start-up; the workers inherit it.
+        env={**os.environ, "MALLOC_ARENA_MAX": "1"},
+    )
+    os.environ[WARM_ADDRESS_ENV] = address
+    try:
+        yield
+    finally:
+        os.environ.pop(WARM_ADDRESS_ENV, None)
+        process.terminate()  # it stops its workers, reaps them and ends, whatever it was doing
+        try:
+            process.wait(timeout=2)
+        except subprocess.TimeoutExpired:  # still importing, or stuck: nothing of it is worth keeping
+            for pid in [process.pid, *descendants(process.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait()
+
+
+def serve_warm(address: str):
+    """The warm process: imports what a worker needs, then forks one worker per request and reports its exit.
+
+    It listens before it imports, so that requests made meanwhile wait in the socket's queue. A request
+    is the worker's environment (Beam's endpoints in it); the answer is the worker's exit code. A requester
+    that goes away takes its worker with it; SIGTERM, or the end of standard input (the command has ended,
+    however it ended), ends all.
+    """
+    workers: dict[int, socket.socket | None] = {}  # None: its requester has gone
+
+    def stop(*_):
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in workers:  # reaped, so that their CPU time counts in this process's children's
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + address)
+    listener.listen(64)
+    import importlib
+
+    for name in WORKER_MODULES:
+        importlib.import_module(name)
+    while True:
+        requesters = [connection for connection in workers.values() if connection is not None]
+        readable, _, _ = select.select([sys.stdin, listener, *requesters], [], [], 0.2)
+        if sys.stdin in readable and not os.read(sys.stdin.fileno(), 1):
+            stop()
+        if listener in readable:
+            connection, _ = listener.accept()
+            connection.settimeout(10)
+            try:
+                if not same_user(connection):  # an abstract socket has no permissions: anyone may connect
+                    raise PermissionError
+                environment = json.loads(receive_line(connection))
+            except (OSError, ValueError):
+                connection.close()
+                continue
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                listener.close()
+                for other in workers.values():
+                    if other is not None:
+                        other.close()
+                run_worker(environment, connection)
+            workers[pid] = connection
+        for pid, connection in list(workers.items()):
+            if connection in readable:  # the requester has gone (done, or killed): so does its worker
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                connection.close()
+                workers[pid] = None
+        while workers:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            connection = workers.pop(pid)
+            if connection is not None:  # a worker that was killed said nothing: its requester reads the end
+                connection.close()
+
+
+def same_user(connection: socket.socket) -> bool:
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", credentials)
+    return uid == os.getuid()
+
+
+def receive_line(connection: socket.socket) -> bytes:
+    chunks = []
+    while (chunk := connection.recv(1 << 16)) and not chunk.endswith(b"\n"):
+        chunks.append(chunk)
+    return b"".join(chunks) + chunk
+
+
+def run_worker(environment: dict | None, requester: socket.socket | None = None):
+    """One Beam SDK worker in this process, with the environment the runner gave it; ends the process,
+    telling the requester its exit code first (the requester answers the runner at once)."""
+    if environment is not None:
+        os.environ.clear()
+        os.environ.update(environment)
+    from apache_beam.runners.worker import sdk_worker_main
+
+    code = 0
+    try:
+        sdk_worker_main.main(sys.argv)
+    except BaseException:  # noqa: BLE001 - the runner learns of it through its control channel
+        code = 1
     # The runner waits for its workers to exit before the job ends: a worker whose work is done ends at once.
     from pipeline import cli
 
-    cli.exit_at_once(0)
+    if requester is not None:
+        with contextlib.suppress(OSError):
+            requester.sendall(bytes([code]))
+    cli.exit_at_once(code)
+
+
+def request_worker(address: str) -> int | None:
+    """Has the warm process fork this worker; its exit code, or None when there is no warm process."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect("\0" + address)
+    except OSError:
+        return None
+    # One line (JSON escapes newlines); the connection stays open: closing it stops the worker.
+    connection.sendall(json.dumps(dict(os.environ)).encode() + b"\n")
+    answer = connection.recv(1)
+    return answer[0] if answer else 1
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    if sys.argv[1:2] == ["--warm"]:
+        serve_warm(sys.argv[2])
+    code = request_worker(os.environ[WARM_ADDRESS_ENV]) if WARM_ADDRESS_ENV in os.environ else None
+    if code is not None:
+        os._exit(code)
+    run_worker(None)

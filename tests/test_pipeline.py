@@ -5,9 +5,10 @@ import hashlib
 import json
 import os
 import pathlib
+import sys
 
 import pytest
-from conftest import SMALL, generate_args, run_command
+from conftest import REPO, SMALL, generate_args, run_command
 
 from pipeline import contract, generator
 
@@ -87,9 +88,17 @@ def read_records(path):
     return [tf.train.Example.FromString(record.numpy()) for record in tf.data.TFRecordDataset(path)]
 
 
-def test_one_worker_in_process_writes_the_same_records_as_two_processes(small_data_dir, tmp_path):
-    single = ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
-    run_command(*generate_args(tmp_path, extra=single), check=True)
+@pytest.mark.parametrize(
+    "runner",
+    [
+        ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"],
+        # Worker processes that Beam starts itself: no warm process to fork them (pipeline.local_runner).
+        ["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+    ],
+    ids=["one worker in process", "two workers started cold"],
+)
+def test_other_runner_settings_write_the_same_records_as_the_default_warm_workers(small_data_dir, tmp_path, runner):
+    run_command(*generate_args(tmp_path, extra=runner), check=True)
     two, one = dataset_folder(small_data_dir, 8), dataset_folder(tmp_path, 8)
     shards = sorted(name for name in os.listdir(two) if ".tfrecord" in name)
     assert shards and shards == sorted(name for name in os.listdir(one) if ".tfrecord" in name)
@@ -429,7 +438,9 @@ def test_ctrl_c_or_sigterm_midway_leave_one_line_no_dataset_and_the_same_command
     )
     assert sorted(os.listdir(config_folder)) == [".generate.lock"]  # no incomplete folder, no dataset
     time.sleep(0.5)
-    assert f"{tmp_path}" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"{tmp_path}" not in processes
+    assert f"--warm moving-line-{process.pid}-" not in processes  # nor the warm process that forked the workers
     again = run_command(*generate_args(tmp_path, settings), check=True)  # the lock was released
     assert "done: 40,600 examples" in again.stderr
     assert not list(config_folder.glob("incomplete.*"))
@@ -477,3 +488,53 @@ def test_a_disk_that_fills_up_midway_ends_in_one_line_with_nothing_kept_and_then
     filler.unlink()
     again = run_command(*generate_args(small_disk / "data", settings), check=True)
     assert "done: 150,600 examples" in again.stderr
+
+
+def test_the_warm_process_forks_a_worker_per_request_of_its_own_user_and_answers_its_exit_code():
+    import socket
+    import subprocess
+    import time
+
+    address = f"moving-line-test-{os.getpid()}"
+    warm = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.local_runner", "--warm", address],
+        stdin=subprocess.PIPE, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+    )  # fmt: skip
+
+    def request(environment, uid=None):
+        if uid is not None:  # a request from another user, in a child that becomes one
+            child = os.fork()
+            if child == 0:
+                code = 3
+                try:
+                    os.setuid(uid)
+                    code = 0 if request(environment) == b"" else 4
+                finally:
+                    os._exit(code)
+            return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                connection.connect("\0" + address)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and warm.poll() is None, "the warm process never listened"
+                time.sleep(0.05)
+        connection.settimeout(60)
+        try:
+            connection.sendall(json.dumps(environment).encode() + b"\n")
+            return connection.recv(1)
+        except ConnectionError:  # closed, before or after the request was sent
+            return b""
+
+    try:
+        # Without Beam's endpoints the forked worker fails: its exit code comes back.
+        assert request({"PATH": os.environ.get("PATH", "")}) == bytes([1])
+        if os.geteuid() == 0:
+            assert request({}, uid=65534) == 0  # closed without forking anything
+        warm.stdin.close()  # the command that started it has ended
+        assert warm.wait(timeout=10) == 0
+    finally:
+        warm.kill()
+        warm.wait()
