@@ -79,6 +79,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def kill(pids):
+    """SIGKILL to each of pids; one that has already gone is no error."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def signals_stop_workers():
     """SIGINT and SIGTERM stop the Beam workers first, then unwind this process as usual.
@@ -103,9 +110,7 @@ def signals_stop_workers():
             logging.disable(logging.CRITICAL)
             threading.excepthook = lambda arguments: None
             workers = descendants(os.getpid())
-            for pid in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill(workers)
             deadline = time.monotonic() + 10
             while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:
                 for pid in workers:
@@ -161,9 +166,7 @@ def warm_workers(argv: list[str]):
         try:
             process.wait(timeout=2)
         except subprocess.TimeoutExpired:  # still importing, or stuck: nothing of it is worth keeping
-            for pid in [process.pid, *descendants(process.pid)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill([process.pid, *descendants(process.pid)])
             process.wait()
 
 
@@ -178,9 +181,7 @@ def serve_warm(address: str):
     workers: dict[int, socket.socket | None] = {}  # None: its requester has gone
 
     def stop(*_):
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill(workers)
         for pid in workers:  # reaped, so that their CPU time counts in this process's children's
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
@@ -220,8 +221,7 @@ def serve_warm(address: str):
             workers[pid] = connection
         for pid, connection in list(workers.items()):
             if connection in readable:  # the requester has gone (done, or killed): so does its worker
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                kill([pid])
                 connection.close()
                 workers[pid] = None
         while workers:
