@@ -366,10 +366,6 @@ def generate(argv=None):
     finally:
         if progress_folder:
             shutil.rmtree(progress_folder, ignore_errors=True)
-        # TFDS makes these for downloads; nothing is downloaded, so leave no trace of them.
-        for empty in ("downloads/extracted", "downloads"):
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(args.data_dir, empty))
     summarize(builder, time.monotonic() - start)
     return 0
 
@@ -458,5 +454,6 @@ def summarize(builder, seconds: float):
 
 
 if __name__ == "__main__":
+    local_runner.skip_unused_imports(sys.argv[1:])
     # Errors leave through SystemExit with Python's usual teardown; a finished build ends at once.
     cli.exit_at_once(cli.run_main(PROG, main))

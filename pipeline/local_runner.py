@@ -1,11 +1,11 @@
 """Beam's local runner as pipeline.generate runs it: workers forked warm, that leave Ctrl-C to it, and how they stop.
 
     python -m pipeline.local_runner                 # what the runner starts: one Beam SDK worker
-    python -m pipeline.local_runner --warm ADDRESS  # what pipeline.generate starts first: the warm workers
+    python -m pipeline.local_runner --warm ADDRESS  # the warm process on its own (pipeline.generate forks it)
 
 A Beam worker spends more CPU time importing Beam than a small job spends on its work, and the runner
 starts its workers only once the command has imported Beam itself and planned the job: one core
-busy, the others idle. So pipeline.generate first starts one process (warm_workers) that imports
+busy, the others idle. So pipeline.generate first forks one process (warm_workers) that imports
 the worker's modules while the command starts, on another core; each worker the runner asks for
 is then forked from it, ready at once. The runner's worker command hands its endpoints to that
 process and waits for the forked worker's exit status; without it (it failed to start) the command
@@ -30,7 +30,6 @@ import shlex
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -39,6 +38,12 @@ import time
 WARM_ADDRESS_ENV = "MOVING_LINE_WARM_WORKERS"
 # What a worker imports, for the warm process to import before it forks any.
 WORKER_MODULES = ("apache_beam.runners.worker.sdk_worker_main", "pipeline.transforms")
+# How often a worker's state sampler wakes (sample_states_often): a bundle's end waits for it.
+SAMPLING_PERIOD_MS = 10
+# Libraries that Beam imports whenever they are installed, for dataframes and for connectors that a
+# job run here never uses in the command's own process: a third of its import time, on the way to
+# the first worker (BENCHMARKS.md). The workers, warm on the other core, still import them.
+UNUSED_BY_THE_COMMAND = ("pandas", "pyarrow", "pymongo", "google.cloud.bigquery")
 
 
 def runner_for(options):
@@ -102,7 +107,7 @@ def signals_stop_workers():
 
     def watch():
         while not done.is_set():
-            signal_number = signal.sigtimedwait(watched, 0.05)
+            signal_number = signal.sigtimedwait(watched, 0.01)  # the job waits this long for it at its end
             if signal_number is None:
                 continue
             # The runner's threads in this process fail one after the other once the workers stop: their
@@ -139,44 +144,102 @@ def will_start_local_workers(argv: list[str]) -> bool:
     return sys.platform == "linux" and not flags & {"--runner", "--direct_running_mode", "--dry_run", "-h", "--help"}
 
 
+def skip_unused_imports(argv: list[str]):
+    """In pipeline.generate's own process, when it runs the job here: what it would import and never use
+    is not imported (UNUSED_BY_THE_COMMAND); Beam's connectors see them as not installed."""
+    if not will_start_local_workers(argv):
+        return
+    for name in UNUSED_BY_THE_COMMAND:
+        sys.modules.setdefault(name, None)  # None: `import name` raises ImportError, which Beam expects
+    # Beam's MongoDB connector warns that it found no bson package, which it needs only to run.
+    logging.getLogger("apache_beam.io.mongodbio").setLevel(logging.ERROR)
+
+
 @contextlib.contextmanager
 def warm_workers(argv: list[str]):
-    """Starts the process that forks Beam's workers (serve_warm) for the runner's worker command to use,
-    when this command will start local workers; stops it and anything it forked at the end."""
+    """Forks the process that forks Beam's workers (serve_warm) for the runner's worker command to use,
+    when this command will start local workers; stops it and anything it forked at the end.
+
+    Forked, not started: it begins importing at once, with no interpreter to start and nothing of this
+    command to import again. So it is forked first of all, before this process has threads."""
     if not will_start_local_workers(argv):
         yield
         return
     address = f"moving-line-{os.getpid()}-{secrets.token_hex(8)}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.local_runner", "--warm", address],
-        stdin=subprocess.PIPE,  # its end of the pipe closes when this process ends, however it ends
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        # One malloc arena for all threads: records.keep_freed_memory holds only for the main arena, and
-        # a worker's bundles run in a thread of its own, which would otherwise map and unmap its numpy
-        # temporaries for each chunk (BENCHMARKS.md). glibc reads it once, at start-up; the workers inherit it.
-        env={**os.environ, "MALLOC_ARENA_MAX": "1"},
-    )
+    parent_alive, parent_gone = os.pipe()  # the read end sees its end when this process ends, however it ends
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError:  # no process to spare: the workers start cold, as Beam starts them
+        os.close(parent_alive)
+        os.close(parent_gone)
+        yield
+        return
+    if pid == 0:
+        try:
+            os.close(parent_gone)
+            become_warm(address, parent_alive)
+        finally:
+            os._exit(1)  # never back into the command
+    os.close(parent_alive)
     os.environ[WARM_ADDRESS_ENV] = address
     try:
         yield
     finally:
         os.environ.pop(WARM_ADDRESS_ENV, None)
-        process.terminate()  # it stops its workers, reaps them and ends, whatever it was doing
-        try:
-            process.wait(timeout=2)
-        except subprocess.TimeoutExpired:  # still importing, or stuck: nothing of it is worth keeping
-            kill([process.pid, *descendants(process.pid)])
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # it stops its workers, reaps them and ends, whatever it was doing
+        if not reaped(pid, timeout=2):  # still importing, or stuck: nothing of it is worth keeping
+            kill([pid, *descendants(pid)])
+            reaped(pid, timeout=None)
+        os.close(parent_gone)
 
 
-def serve_warm(address: str):
+def reaped(pid: int, timeout: float | None) -> bool:
+    """Waits for child pid to end (at most timeout seconds); whether it has ended and been reaped."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while os.waitpid(pid, os.WNOHANG)[0] == 0:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+    except ChildProcessError:  # reaped already, by signals_stop_workers
+        pass
+    return True
+
+
+def become_warm(address: str, parent_alive: int):
+    """The forked child of warm_workers: quiet, deaf to Ctrl-C, a worker's imports, then serve_warm."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    for name in UNUSED_BY_THE_COMMAND:  # a worker runs what Beam hands it: it imports Beam as Beam does
+        if name in sys.modules and sys.modules[name] is None:
+            del sys.modules[name]
+    one_malloc_arena()
+    serve_warm(address, parent_alive)
+
+
+def one_malloc_arena():
+    """One malloc arena for all threads: records.keep_freed_memory holds only for the main arena, and a
+    worker's bundles run in a thread of its own, which would otherwise map and unmap its numpy temporaries
+    for each chunk (BENCHMARKS.md). Set before any thread here asks for an arena; the forked workers keep it."""
+    import ctypes
+
+    m_arena_max = -8  # glibc's malloc.h
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its malloc has no such arenas
+        ctypes.CDLL("libc.so.6").mallopt(m_arena_max, 1)
+
+
+def serve_warm(address: str, parent_alive: int = 0):
     """The warm process: imports what a worker needs, then forks one worker per request and reports its exit.
 
     It listens before it imports, so that requests made meanwhile wait in the socket's queue. A request
     is the worker's environment (Beam's endpoints in it); the answer is the worker's exit code. A requester
-    that goes away takes its worker with it; SIGTERM, or the end of standard input (the command has ended,
-    however it ended), ends all.
+    that goes away takes its worker with it; SIGTERM, or the end of the parent_alive pipe (standard input by
+    default: the command has ended, however it ended), ends all.
     """
     workers: dict[int, socket.socket | None] = {}  # None: its requester has gone
 
@@ -197,8 +260,8 @@ def serve_warm(address: str):
         importlib.import_module(name)
     while True:
         requesters = [connection for connection in workers.values() if connection is not None]
-        readable, _, _ = select.select([sys.stdin, listener, *requesters], [], [], 0.2)
-        if sys.stdin in readable and not os.read(sys.stdin.fileno(), 1):
+        readable, _, _ = select.select([parent_alive, listener, *requesters], [], [], 0.2)
+        if parent_alive in readable and not os.read(parent_alive, 1):
             stop()
         if listener in readable:
             connection, _ = listener.accept()
@@ -246,6 +309,19 @@ def receive_line(connection: socket.socket) -> bytes:
     return b"".join(chunks) + chunk
 
 
+def sample_states_often():
+    """A worker's state sampler wakes every SAMPLING_PERIOD_MS rather than Beam's 200 ms.
+
+    Each bundle ends by waiting for the sampler's current sleep to end: at the end of the job, every worker
+    idle for up to 200 ms (BENCHMARKS.md). Beam has no option for it; its bundle processors take the default.
+    """
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    if init.__defaults__ == (statesampler.DEFAULT_SAMPLING_PERIOD_MS,):  # the Beam this was written for
+        init.__defaults__ = (SAMPLING_PERIOD_MS,)
+
+
 def run_worker(environment: dict | None, requester: socket.socket | None = None):
     """One Beam SDK worker in this process, with the environment the runner gave it; ends the process,
     telling the requester its exit code first (the requester answers the runner at once)."""
@@ -254,6 +330,7 @@ def run_worker(environment: dict | None, requester: socket.socket | None = None)
         os.environ.update(environment)
     from apache_beam.runners.worker import sdk_worker_main
 
+    sample_states_often()
     code = 0
     try:
         sdk_worker_main.main(sys.argv)
@@ -285,6 +362,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     if sys.argv[1:2] == ["--warm"]:
+        one_malloc_arena()
         serve_warm(sys.argv[2])
     code = request_worker(os.environ[WARM_ADDRESS_ENV]) if WARM_ADDRESS_ENV in os.environ else None
     if code is not None:

@@ -10,6 +10,7 @@ the per-example Python of TFDS's generic feature encoding.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
@@ -168,6 +169,7 @@ def open_writer(file_format: str, path: str):
     return WRITERS[file_format](path)
 
 
+@functools.cache  # the command plans with it, then the builder again
 def mean_record_bytes(seed: int, size: int, sample: int = 64) -> float:
     """Serialized bytes of an example, measured on a few training examples."""
     records = serialize_examples(seed, "train", 0, sample, size)

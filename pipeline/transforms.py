@@ -129,10 +129,11 @@ class WriteShard(beam.DoFn):
         yield plan.split, plan.index, plan.count, serialized_bytes, file_bytes
 
 
-def record_shards(shards: list, path: str):
-    """Writes what every shard holds as JSON, for the builder to read after the run."""
+def record_shards(keyed_shards: tuple, path: str):
+    """Writes what every shard holds (all under one key) as JSON, for the builder to read after the run."""
     from etils import epath
 
+    _, shards = keyed_shards
     epath.Path(path).write_text(json.dumps(sorted(shards)))
 
 
@@ -147,11 +148,15 @@ class WriteShards(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "Splits" >> beam.Create(self._splits)
+            # A handful of elements: Create's own Reshuffle would only add a stage.
+            | "Splits" >> beam.Create(self._splits, reshuffle=False)
             | "Shards" >> beam.FlatMap(SplitPlan.shards)
             # Without a fusion break every shard would be written by the worker that expanded the split.
             | "Distribute" >> beam.Reshuffle()
             | "WriteShard" >> beam.ParDo(self._write)
-            | "Collect" >> beam.combiners.ToList()
+            # One group rather than CombineGlobally(ToList), whose default for an empty input costs two
+            # more stages; every plan has shards.
+            | "Key" >> beam.WithKeys(0)
+            | "Collect" >> beam.GroupByKey()
             | "RecordShards" >> beam.Map(record_shards, path=self._shards_path)
         )

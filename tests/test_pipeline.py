@@ -439,8 +439,7 @@ def test_ctrl_c_or_sigterm_midway_leave_one_line_no_dataset_and_the_same_command
     assert sorted(os.listdir(config_folder)) == [".generate.lock"]  # no incomplete folder, no dataset
     time.sleep(0.5)
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert f"{tmp_path}" not in processes
-    assert f"--warm moving-line-{process.pid}-" not in processes  # nor the warm process that forked the workers
+    assert f"{tmp_path}" not in processes  # nor the warm process, forked from the command with its arguments
     again = run_command(*generate_args(tmp_path, settings), check=True)  # the lock was released
     assert "done: 40,600 examples" in again.stderr
     assert not list(config_folder.glob("incomplete.*"))
@@ -538,3 +537,34 @@ def test_the_warm_process_forks_a_worker_per_request_of_its_own_user_and_answers
     finally:
         warm.kill()
         warm.wait()
+
+
+SKIPPED_IMPORTS = """
+import sys
+from pipeline import local_runner
+local_runner.skip_unused_imports(sys.argv[1:])
+import apache_beam
+print(sorted(name for name in local_runner.UNUSED_BY_THE_COMMAND if sys.modules.get(name) is not None))
+"""
+
+
+def test_the_command_running_the_job_here_imports_none_of_what_beam_would_import_for_other_jobs():
+    from pipeline import local_runner
+
+    here = run_command("-c", SKIPPED_IMPORTS, "--data_dir=x", check=True)
+    assert here.stdout.strip() == "[]"
+    assert here.stderr == ""  # Beam's MongoDB connector is quiet about its missing bson package
+    elsewhere = run_command("-c", SKIPPED_IMPORTS, "--data_dir=x", "--runner=DataflowRunner", check=True)
+    assert elsewhere.stdout.strip() == str(sorted(local_runner.UNUSED_BY_THE_COMMAND))  # Beam's own imports
+
+
+def test_workers_sample_their_state_often_so_that_a_bundle_ends_soon_after_its_last_element():
+    code = """
+from apache_beam.runners.worker import statesampler
+from apache_beam.utils.counters import CounterFactory
+from pipeline import local_runner
+local_runner.sample_states_often()
+print(statesampler.StateSampler("step", CounterFactory()).sampling_period_ms, local_runner.SAMPLING_PERIOD_MS)
+"""
+    sampled, wanted = run_command("-c", code, check=True).stdout.split()
+    assert sampled == wanted

@@ -84,6 +84,12 @@ def balance_examples(counts, num_workers: int | None) -> int | None:
     return max(MIN_SHARD_EXAMPLES, size)
 
 
+class NothingToDownload:
+    """What TFDS's download_and_prepare asks of a download manager, for a dataset that downloads nothing."""
+
+    downloaded_size = 0
+
+
 class Builder(FileReaderBuilder):
     """Videos of a line that grows left or right across the frame, one pixel per frame.
 
@@ -185,6 +191,12 @@ class Builder(FileReaderBuilder):
             )
             for split, count in counts.items()
         ]
+
+    def _make_download_manager(self, download_dir, download_config):
+        """Nothing is downloaded: no DownloadManager, whose set-up reads the URL checksums of every dataset
+        TFDS knows and makes download folders, on the way to the first example."""
+        del download_dir, download_config
+        return NothingToDownload()
 
     def _download_and_prepare(self, dl_manager, download_config=None):
         del dl_manager  # nothing to download: every example is computed
