@@ -351,8 +351,9 @@ def generate(argv=None):
                 builder.progress_folder = progress_folder
             progress = ProgressReporter(progress_folder, counts) if progress_folder else contextlib.nullcontext()
             with (
-                progress,
+                # First: every thread started from here on (the progress reporter's too) leaves the signals to it.
                 local_runner.signals_stop_workers(),
+                progress,
                 contextlib.redirect_stdout(io.StringIO()),  # TFDS prints "Downloading and preparing..." there
             ):
                 builder.download_and_prepare(download_config=download_config)

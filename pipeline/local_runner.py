@@ -84,6 +84,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Whether process pid still runs. A zombie does not: its files are closed. Only its parent can reap it,
+    and the warm process's workers outlive it as zombies where PID 1 reaps no orphans (a container's)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            state = file.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def kill(pids):
     """SIGKILL to each of pids; one that has already gone is no error."""
     for pid in pids:
@@ -97,17 +108,31 @@ def signals_stop_workers():
 
     Beam's local worker processes share the terminal's process group, so Ctrl-C would reach each
     of them and each would print its own traceback. The signals are blocked in this thread while the
-    job runs: the worker processes and threads started meanwhile inherit the block, so only the
-    watcher below takes them. It kills the workers (their half-written files are in TFDS's
-    incomplete folder, which the unwinding deletes), then raises the signal in the main thread.
+    job runs: the worker processes and threads started meanwhile inherit the block, so the watcher
+    below takes them. Threads that libraries started earlier (OpenBLAS's, at numpy's import) do not
+    block them; a signal the kernel hands to one of those runs Python's handler there, which only
+    notes it for the main thread, stuck in the runner until the job ends: the watcher sees it on the
+    wakeup fd. It kills the workers (their half-written files are in TFDS's incomplete folder, which
+    the unwinding deletes), then raises the signal in the main thread.
     """
     watched = {signal.SIGINT, signal.SIGTERM}
+    noted, note = os.pipe()
+    os.set_blocking(note, False)
+    previous_wakeup = signal.set_wakeup_fd(note, warn_on_full_buffer=False)
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     done = threading.Event()
 
+    def next_signal() -> int | None:
+        taken = signal.sigtimedwait(watched, 0.01)  # the job waits this long for the watcher at its end
+        if taken is not None:
+            return taken.si_signo
+        readable, _, _ = select.select([noted], [], [], 0)
+        numbers = os.read(noted, 64) if readable else b""
+        return next((number for number in numbers if number in watched), None)
+
     def watch():
         while not done.is_set():
-            signal_number = signal.sigtimedwait(watched, 0.01)  # the job waits this long for it at its end
+            signal_number = next_signal()
             if signal_number is None:
                 continue
             # The runner's threads in this process fail one after the other once the workers stop: their
@@ -117,14 +142,14 @@ def signals_stop_workers():
             workers = descendants(os.getpid())
             kill(workers)
             deadline = time.monotonic() + 10
-            while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:
+            while any(map(running, workers)) and time.monotonic() < deadline:
                 for pid in workers:
                     with contextlib.suppress(ChildProcessError, OSError):
                         os.waitpid(pid, os.WNOHANG)
                 time.sleep(0.05)
             import _thread
 
-            _thread.interrupt_main(signal_number.si_signo)
+            _thread.interrupt_main(signal_number)
             return
 
     watcher = threading.Thread(target=watch, name="signal-watcher", daemon=True)
@@ -135,6 +160,9 @@ def signals_stop_workers():
         done.set()
         watcher.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(noted)
+        os.close(note)
 
 
 def will_start_local_workers(argv: list[str]) -> bool:
