@@ -455,6 +455,5 @@ def summarize(builder, seconds: float):
 
 
 if __name__ == "__main__":
-    local_runner.skip_unused_imports(sys.argv[1:])
     # Errors leave through SystemExit with Python's usual teardown; a finished build ends at once.
     cli.exit_at_once(cli.run_main(PROG, main))

@@ -66,16 +66,21 @@ def runner_for(options):
     return FnApiRunner(default_environment=environments.SubprocessSDKEnvironment.from_command_string(command))
 
 
+def process_status(pid) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, parent, ...); None once it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            # The command name may hold spaces and parentheses: the fields follow its last ")".
+            return file.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as file:
-                    parent = int(file.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(name))
+        if name.isdigit() and (status := process_status(name)):
+            children.setdefault(int(status[1]), []).append(int(name))
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -87,12 +92,8 @@ def descendants(pid: int) -> list[int]:
 def running(pid: int) -> bool:
     """Whether process pid still runs. A zombie does not: its files are closed. Only its parent can reap it,
     and the warm process's workers outlive it as zombies where PID 1 reaps no orphans (a container's)."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            state = file.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    status = process_status(pid)
+    return status is not None and status[0] not in ("Z", "X")
 
 
 def kill(pids):
@@ -172,11 +173,9 @@ def will_start_local_workers(argv: list[str]) -> bool:
     return sys.platform == "linux" and not flags & {"--runner", "--direct_running_mode", "--dry_run", "-h", "--help"}
 
 
-def skip_unused_imports(argv: list[str]):
-    """In pipeline.generate's own process, when it runs the job here: what it would import and never use
-    is not imported (UNUSED_BY_THE_COMMAND); Beam's connectors see them as not installed."""
-    if not will_start_local_workers(argv):
-        return
+def skip_unused_imports():
+    """What this process would import and never use is not imported (UNUSED_BY_THE_COMMAND); Beam's
+    connectors see them as not installed."""
     for name in UNUSED_BY_THE_COMMAND:
         sys.modules.setdefault(name, None)  # None: `import name` raises ImportError, which Beam expects
     # Beam's MongoDB connector warns that it found no bson package, which it needs only to run.
@@ -186,10 +185,11 @@ def skip_unused_imports(argv: list[str]):
 @contextlib.contextmanager
 def warm_workers(argv: list[str]):
     """Forks the process that forks Beam's workers (serve_warm) for the runner's worker command to use,
-    when this command will start local workers; stops it and anything it forked at the end.
+    when this command will start local workers; stops it and anything it forked at the end. This process,
+    which then only plans and runs the job, skips what it would never use (skip_unused_imports).
 
     Forked, not started: it begins importing at once, with no interpreter to start and nothing of this
-    command to import again. So it is forked first of all, before this process has threads."""
+    command to import again. So it is forked first of all, before this process has threads or Beam."""
     if not will_start_local_workers(argv):
         yield
         return
@@ -200,17 +200,19 @@ def warm_workers(argv: list[str]):
     try:
         pid = os.fork()
     except OSError:  # no process to spare: the workers start cold, as Beam starts them
-        os.close(parent_alive)
-        os.close(parent_gone)
-        yield
-        return
+        pid = None
     if pid == 0:
         try:
             os.close(parent_gone)
             become_warm(address, parent_alive)
         finally:
             os._exit(1)  # never back into the command
+    skip_unused_imports()  # here only: a worker runs what Beam hands it, and imports Beam as Beam does
     os.close(parent_alive)
+    if pid is None:
+        os.close(parent_gone)
+        yield
+        return
     os.environ[WARM_ADDRESS_ENV] = address
     try:
         yield
@@ -238,14 +240,12 @@ def reaped(pid: int, timeout: float | None) -> bool:
 
 
 def become_warm(address: str, parent_alive: int):
-    """The forked child of warm_workers: quiet, deaf to Ctrl-C, a worker's imports, then serve_warm."""
+    """The warm process (warm_workers' forked child, or `--warm`): quiet, deaf to Ctrl-C, one malloc arena,
+    a worker's imports, then serve_warm."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
-    for name in UNUSED_BY_THE_COMMAND:  # a worker runs what Beam hands it: it imports Beam as Beam does
-        if name in sys.modules and sys.modules[name] is None:
-            del sys.modules[name]
     one_malloc_arena()
     serve_warm(address, parent_alive)
 
@@ -261,13 +261,13 @@ def one_malloc_arena():
         ctypes.CDLL("libc.so.6").mallopt(m_arena_max, 1)
 
 
-def serve_warm(address: str, parent_alive: int = 0):
+def serve_warm(address: str, parent_alive: int):
     """The warm process: imports what a worker needs, then forks one worker per request and reports its exit.
 
     It listens before it imports, so that requests made meanwhile wait in the socket's queue. A request
     is the worker's environment (Beam's endpoints in it); the answer is the worker's exit code. A requester
-    that goes away takes its worker with it; SIGTERM, or the end of the parent_alive pipe (standard input by
-    default: the command has ended, however it ended), ends all.
+    that goes away takes its worker with it; SIGTERM, or the end of the parent_alive pipe (the command has
+    ended, however it ended), ends all.
     """
     workers: dict[int, socket.socket | None] = {}  # None: its requester has gone
 
@@ -390,8 +390,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     if sys.argv[1:2] == ["--warm"]:
-        one_malloc_arena()
-        serve_warm(sys.argv[2])
+        become_warm(sys.argv[2], parent_alive=sys.stdin.fileno())
     code = request_worker(os.environ[WARM_ADDRESS_ENV]) if WARM_ADDRESS_ENV in os.environ else None
     if code is not None:
         os._exit(code)

@@ -542,9 +542,9 @@ def test_the_warm_process_forks_a_worker_per_request_of_its_own_user_and_answers
 SKIPPED_IMPORTS = """
 import sys
 from pipeline import local_runner
-local_runner.skip_unused_imports(sys.argv[1:])
-import apache_beam
-print(sorted(name for name in local_runner.UNUSED_BY_THE_COMMAND if sys.modules.get(name) is not None))
+with local_runner.warm_workers(sys.argv[1:]):  # what pipeline.generate's main does first
+    import apache_beam
+    print(sorted(name for name in local_runner.UNUSED_BY_THE_COMMAND if sys.modules.get(name) is not None))
 """
 
 
