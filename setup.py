@@ -35,6 +35,8 @@ setup(
     ],
     extras_require={
         "gcp": [f"{BEAM.replace('apache-beam', 'apache-beam[gcp]')}"],
+        # Beam's DaskRunner: pipeline.generate --runner=DaskRunner on a Dask cluster (dask, distributed).
+        "dask": [f"{BEAM.replace('apache-beam', 'apache-beam[dask]')}"],
         "and-cuda": [TENSORFLOW.replace("tensorflow", "tensorflow[and-cuda]")],
         # grain and torch: the tests read the ArrayRecord files as JAX and PyTorch users would. torch 2.13.0 is the
         # CPU build; an unpinned torch would pull a CUDA build of several GB.

@@ -201,7 +201,7 @@ def measure(args, data_dir: str) -> int:
         return distribution.make_strategy({**config_lib.DEFAULTS, "devices": devices}, None)
 
     builder = input_pipeline.load_builder(data_dir, args.size)
-    gpus = [device.physical_device_desc for device in _local_gpus()]
+    gpus = gpu_names()
     results = {"benchmark": "feed", "size": args.size, "cpus": os.cpu_count(), "gpus": gpus, "steps": args.steps}
     results.update(model=args.model, batches={})
     print(f"bench feed: size {args.size}, {args.steps} timed steps per run, best of {args.repeats}, data {data_dir}")
@@ -270,7 +270,11 @@ def measure(args, data_dir: str) -> int:
     return 0
 
 
-def _local_gpus():
-    from tensorflow.python.client import device_lib
+def gpu_names() -> list[str]:
+    """Each GPU TensorFlow sees, by its name (e.g. "NVIDIA H100 80GB HBM3")."""
+    import tensorflow as tf
 
-    return [device for device in device_lib.list_local_devices() if device.device_type == "GPU"]
+    return [
+        tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]

@@ -1,64 +1,135 @@
-"""Beam pipeline options for pipeline.generate: the defaults, and Beam's own flags told from typos."""
+"""Beam pipeline options for pipeline.generate: the defaults, runner names, Beam's own flags told from typos,
+and the Dask cluster a run goes to."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import os
 
 from pipeline import cli
 
 LOCAL_RUNNERS = {None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+# Beam knows its DaskRunner only by this dotted name; users write the short one, as for Beam's other runners.
+RUNNER_ALIASES = {"DaskRunner": DASK_RUNNER}
+# How long pipeline.generate waits for a Dask scheduler that does not answer (--dask_connection_timeout overrides).
+DASK_CONNECT_SECONDS = 10
+# Dask runs each partition of a Create as one task: one shard group a partition, so each is a task of its own.
+DASK_PARTITION_FLAGS = ("--dask_partition_size", "--dask_npartitions")
 
 
-class BeamFlagParser:
-    """Beam's own parser of every pipeline option, to tell Beam's flags from typos."""
+def flag_name(arg: str) -> str:
+    return arg.split("=", 1)[0]
 
-    def __init__(self):
-        from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-        class Parser(_BeamArgumentParser):
-            def error(self, message):
-                raise cli.UsageError(f"Beam option: {message}")
+def runner_flag(beam_args: list[str]) -> str | None:
+    """The runner named by --runner (either spelling: --runner=X or --runner X), aliases resolved."""
+    for index, arg in enumerate(beam_args):
+        if arg.startswith("--runner="):
+            return RUNNER_ALIASES.get(arg.split("=", 1)[1], arg.split("=", 1)[1])
+        if arg == "--runner" and index + 1 < len(beam_args):
+            return RUNNER_ALIASES.get(beam_args[index + 1], beam_args[index + 1])
+    return None
 
-        self.parser = Parser(allow_abbrev=False, add_help=False)
-        classes = {}
-        for cls in PipelineOptions.__subclasses__():
-            classes.setdefault(str(cls), cls)
-        for cls in classes.values():
-            cls._add_argparse_args(self.parser)  # noqa: SLF001 - what PipelineOptions.get_all_options does
 
-    def flags(self) -> list[str]:
-        return [flag for action in self.parser._actions for flag in action.option_strings]  # noqa: SLF001
+def with_aliases_resolved(beam_args: list[str]) -> list[str]:
+    resolved = []
+    for index, arg in enumerate(beam_args):
+        if arg.startswith("--runner=") and arg.split("=", 1)[1] in RUNNER_ALIASES:
+            arg = f"--runner={RUNNER_ALIASES[arg.split('=', 1)[1]]}"
+        elif index and beam_args[index - 1] == "--runner" and arg in RUNNER_ALIASES:
+            arg = RUNNER_ALIASES[arg]
+        resolved.append(arg)
+    return resolved
 
-    def unknown(self, beam_args: list[str]) -> list[str]:
-        _, unknown = self.parser.parse_known_args(beam_args)
-        return unknown
+
+def uses_dask(beam_args: list[str]) -> bool:
+    return runner_flag(beam_args) == DASK_RUNNER or any(arg.startswith("--dask_") for arg in beam_args)
+
+
+def register_dask_options(beam_args: list[str]):
+    """Beam registers the Dask options only when its dask_runner module is imported: import it for a Dask run."""
+    if not uses_dask(beam_args):
+        return
+    try:
+        import dask.distributed  # noqa: F401 - what Beam's DaskRunner needs; its own import hides the error
+        from apache_beam.runners.dask import dask_runner  # noqa: F401 - registers DaskOptions
+    except ImportError:
+        raise cli.UsageError("--runner=DaskRunner needs Dask: pip install -e '.[dask]' (apache-beam[dask])") from None
+    if runner_flag(beam_args) != DASK_RUNNER:
+        flag = next(flag_name(arg) for arg in beam_args if arg.startswith("--dask_"))
+        raise cli.UsageError(f"{flag} is an option of the Dask runner; add --runner=DaskRunner")
+
+
+def parse_beam_options(beam_args: list[str]):
+    """PipelineOptions of beam_args; a value Beam cannot parse is a UsageError (argparse would exit)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            options = PipelineOptions(beam_args)
+            known = options.get_all_options()
+    except SystemExit:  # argparse printed its usage and "PROG: error: MESSAGE"
+        lines = captured.getvalue().strip().splitlines()
+        message = lines[-1].split(" error: ", 1)[-1] if lines else "cannot be parsed"
+        raise cli.UsageError(f"Beam option: {message}") from None
+    return options, known
+
+
+def beam_flags() -> list[str]:
+    """Every flag of every registered pipeline option, as Beam's parser lists them in its usage."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parsers = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    return cli.flags_in_usage(parsers[0])
 
 
 def check_beam_args(beam_args: list[str], own_flags: list[str]):
     """Refuses anything that is neither one of our flags nor a Beam pipeline option, suggesting the closest."""
-    beam = BeamFlagParser()
-    for arg in beam.unknown(beam_args):
+    register_dask_options(beam_args)
+    options, known = parse_beam_options(beam_args)
+    everything = options.get_all_options(retain_unknown_options=True)
+    unknown = set(everything) - set(known)
+    for index, arg in enumerate(beam_args):
         if not arg.startswith("-"):
-            raise cli.UsageError(f"unexpected argument {arg!r}; Beam options look like --name=value")
-        flag = arg.split("=", 1)[0]
-        close = difflib.get_close_matches(flag, own_flags + beam.flags(), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else "; see --help for this command's flags"
-        raise cli.UsageError(f"unknown flag {flag} (neither this command's nor a Beam pipeline option){hint}")
+            previous = beam_args[index - 1] if index else ""
+            if not previous.startswith("--") or "=" in previous:
+                raise cli.UsageError(f"unexpected argument {arg!r}; Beam options look like --name=value")
+            continue
+        flag = flag_name(arg)
+        if flag.lstrip("-").replace("-", "_") in unknown or not flag.startswith("--"):
+            close = difflib.get_close_matches(flag, own_flags + beam_flags(), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else "; see --help for this command's flags"
+            raise cli.UsageError(f"unknown flag {flag} (neither this command's nor a Beam pipeline option){hint}")
 
 
 def make_options(beam_args: list[str]):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if not any(arg.startswith("--runner") for arg in beam_args):
-        # FnApiRunner: Beam's local runner without the Prism download attempt, one process per core.
+    beam_args = with_aliases_resolved(beam_args)
+    if runner_flag(beam_args) is None:
+        # FnApiRunner: Beam's local runner without the Prism download attempt, one worker process per core.
         beam_args = [
             "--runner=FnApiRunner",
             f"--direct_num_workers={os.cpu_count() or 1}",
             "--direct_running_mode=multi_processing",
             *beam_args,
         ]
+    if runner_flag(beam_args) == DASK_RUNNER and not any(flag_name(arg) in DASK_PARTITION_FLAGS for arg in beam_args):
+        beam_args = [*beam_args, "--dask_partition_size=1"]
     return PipelineOptions(beam_args)
+
+
+def runner_name(options) -> str | None:
+    return options.get_all_options().get("runner")
+
+
+def is_dask(options) -> bool:
+    return runner_name(options) == DASK_RUNNER
 
 
 def is_dry_run(options) -> bool:
@@ -72,7 +143,44 @@ def local_workers(options) -> int | None:
     """How many worker processes a local runner will use (None for a remote runner)."""
     from apache_beam.options.pipeline_options import DirectOptions
 
-    if options.get_all_options().get("runner") not in LOCAL_RUNNERS:
+    if runner_name(options) not in LOCAL_RUNNERS:
         return None
     workers = options.view_as(DirectOptions).direct_num_workers
     return (os.cpu_count() or 1) if workers == 0 else max(1, workers or 1)
+
+
+def dask_address(options) -> str | None:
+    return options.get_all_options().get("address")
+
+
+def dask_cluster_threads(options) -> int:
+    """The worker threads of the Dask cluster the run goes to: asked of the scheduler at --dask_client_address
+    (unreachable: a UsageError), or the cores here for the local cluster Beam starts without one."""
+    address = dask_address(options)
+    if not address:
+        return os.cpu_count() or 1
+    import logging
+
+    from dask import distributed
+
+    timeout = options.get_all_options().get("timeout") or DASK_CONNECT_SECONDS
+    # distributed logs each failed attempt to connect before raising; the one line below says it.
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with distributed.Client(address, timeout=timeout, set_as_default=False) as client:
+            threads = sum(client.nthreads().values())
+    except (OSError, TimeoutError, ValueError) as error:
+        problem = " ".join(str(error).split()) or type(error).__name__
+        raise cli.UsageError(
+            f"--dask_client_address {address}: no Dask scheduler answered ({problem}); start one "
+            "(`dask scheduler`) or give the address it prints"
+        ) from None
+    finally:
+        logger.setLevel(level)
+    if not threads:
+        raise cli.UsageError(
+            f"--dask_client_address {address}: the Dask scheduler has no workers; start some (`dask worker {address}`)"
+        )
+    return threads

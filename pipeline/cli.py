@@ -112,6 +112,11 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(self.prog, message)
 
 
+def flags_in_usage(parser: argparse.ArgumentParser) -> list[str]:
+    """The --flags a parser takes, as its usage line lists them."""
+    return sorted(set(re.findall(r"--[A-Za-z0-9][\w-]*", parser.format_usage())))
+
+
 def fail(prog: str, message: str, exit_code: int = USAGE_ERROR_EXIT):
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(exit_code)

@@ -73,11 +73,23 @@ def shard_file_name(split: str, file_format: str, index: int, num_shards: int) -
     return f"{NAME}-{split}.{file_format}-{index:0{digits}d}-of-{num_shards:0{digits}d}"
 
 
+# A shard file being written: .NAME.incomplete-TOKEN beside NAME (TFDS's readers list no such name).
+TEMPORARY_MARK = ".incomplete-"
+
+
+def temporary_file_name(name: str, token: str) -> str:
+    return f".{name}{TEMPORARY_MARK}{token}"
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(".") and TEMPORARY_MARK in name
+
+
 class DamagedDatasetError(cli.FaultError):
     """A dataset folder that is not a whole build; the message says what is wrong and how to rebuild."""
 
 
-def _read_json(path: str):
+def read_json(path: str):
     if "://" in path:
         import tensorflow as tf
 
@@ -87,7 +99,7 @@ def _read_json(path: str):
         return json.load(file)
 
 
-def _exists(path: str) -> bool:
+def path_exists(path: str) -> bool:
     if "://" in path:
         import tensorflow as tf
 
@@ -95,12 +107,20 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def _size_of(path: str) -> int:
+def size_of(path: str) -> int:
     if "://" in path:
         import tensorflow as tf
 
         return tf.io.gfile.stat(path).length
     return os.path.getsize(path)
+
+
+def list_folder(folder: str) -> list[str]:
+    if "://" in folder:
+        import tensorflow as tf
+
+        return [name.rstrip("/") for name in tf.io.gfile.listdir(folder)]
+    return os.listdir(folder)
 
 
 def rebuild_advice(folder: str) -> str:
@@ -112,7 +132,8 @@ def check_complete(folder: str, check_sizes: bool = True) -> dict:
 
     A whole build has readable dataset_info.json and features.json, and every shard file the metadata
     lists, in every format it lists, with the number of bytes the build wrote (recorded in metadata.json
-    by pipeline.generate; builds made before that record are checked for the files alone). Reads no record.
+    by pipeline.generate; builds made before that record are checked for the files alone), and no shard
+    file still being written (a build that ended while one was, or a copy taken then). Reads no record.
     check_sizes=False leaves shards cut short or damaged inside to a reader that reads them (the trainer
     names the bad records and can skip them).
     """
@@ -122,20 +143,23 @@ def check_complete(folder: str, check_sizes: bool = True) -> dict:
         return DamagedDatasetError(f"the dataset in {folder} is damaged ({what}); {rebuild_advice(folder)}")
 
     for name in (INFO_FILE, FEATURES_FILE):
-        if not _exists(os.path.join(folder, name)):
+        if not path_exists(os.path.join(folder, name)):
             raise damaged(f"{name} is missing")
+    temporary = sorted(name for name in list_folder(folder) if is_temporary(name))
+    if temporary:
+        raise damaged(f"it holds {temporary[0]}, a shard file never finished")
     try:
-        info = _read_json(os.path.join(folder, INFO_FILE))
-        _read_json(os.path.join(folder, FEATURES_FILE))
+        info = read_json(os.path.join(folder, INFO_FILE))
+        read_json(os.path.join(folder, FEATURES_FILE))
         formats = [info.get("fileFormat") or "tfrecord", *info.get("alternativeFileFormats", [])]
         splits = {split["name"]: [int(length) for length in split.get("shardLengths", [])] for split in info["splits"]}
     except (ValueError, KeyError, TypeError) as error:
         raise damaged(f"its metadata cannot be read: {type(error).__name__}") from None
     metadata_path = os.path.join(folder, METADATA_FILE)
     file_bytes = {}
-    if _exists(metadata_path):
+    if path_exists(metadata_path):
         try:
-            file_bytes = _read_json(metadata_path).get("file_bytes", {})
+            file_bytes = read_json(metadata_path).get("file_bytes", {})
         except ValueError:
             raise damaged(f"{METADATA_FILE} cannot be read") from None
     for split, lengths in splits.items():
@@ -143,9 +167,9 @@ def check_complete(folder: str, check_sizes: bool = True) -> dict:
             for index in range(len(lengths)):
                 name = shard_file_name(split, file_format, index, len(lengths))
                 path = os.path.join(folder, name)
-                if not _exists(path):
+                if not path_exists(path):
                     raise damaged(f"shard {name} is missing")
                 expected = file_bytes.get(name) if check_sizes else None
-                if expected is not None and _size_of(path) != expected:
-                    raise damaged(f"shard {name} holds {_size_of(path):,} bytes, not the {expected:,} written")
+                if expected is not None and size_of(path) != expected:
+                    raise damaged(f"shard {name} holds {size_of(path):,} bytes, not the {expected:,} written")
     return info

@@ -5,10 +5,12 @@
         [--dry_run=True] [BEAM OPTIONS...]
 
 After its own flags it takes Beam pipeline options (--runner, --direct_num_workers, --project,
---region, --temp_location, --setup_file, ...); anything else is refused. With no --runner it runs
-Beam's FnApiRunner with one worker process per core. Exit codes: 0 done (or nothing to do), 1 a
-fault (full disk, damaged dataset; the line says what to do), 2 bad input (nothing written),
-130/143 interrupted by SIGINT/SIGTERM (nothing left that TFDS would load; run it again).
+--region, --temp_location, --setup_file, --dask_client_address, ...); anything else is refused.
+With no --runner it runs Beam's FnApiRunner with one worker process per core; --runner=DaskRunner
+runs it on the Dask cluster at --dask_client_address (a local one when not given).
+Exit codes: 0 done (or nothing to do), 1 a fault (full disk, damaged dataset; the line says what
+to do), 2 bad input (nothing written), 130/143 interrupted by SIGINT/SIGTERM (nothing left that
+TFDS would load; run it again).
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ import io
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
 
-from pipeline import beam_options, cli, contract, local_runner
+from pipeline import beam_options, cli, contract, local_runner, records
 
 PROG = "pipeline.generate"
 PROGRESS_SECONDS = 5.0
@@ -56,7 +57,8 @@ def make_parser():
         description=__doc__.split("\n")[0],
         allow_abbrev=False,
         epilog="Beam pipeline options may follow (--runner, --direct_num_workers, --project, --region, "
-        "--temp_location, --setup_file, ...; --dry_run=True plans without writing); anything else is refused.",
+        "--temp_location, --setup_file, --dask_client_address, ...; --dry_run=True plans without writing); "
+        "anything else is refused.",
     )
     parser.add_argument("--data_dir", required=True, help="TFDS data directory (local path or gs://...).")
     parser.add_argument(
@@ -74,7 +76,8 @@ def make_parser():
         "--num_shards",
         type=cli.positive_int,
         default=None,
-        help="Shards per split (default: TFDS's rule, at most 64 MiB per shard, and several shards per local worker).",
+        help="Shards per split (default: TFDS's rule, at most 64 MiB per shard, and several shards per worker "
+        "of a local runner or a Dask cluster).",
     )
     parser.add_argument(
         "--file_format",
@@ -87,7 +90,7 @@ def make_parser():
 
 
 def parse_args(argv=None):
-    from pipeline import generator  # numpy: after the warm workers have started (main)
+    from pipeline import generator
 
     parser = make_parser()
     args, beam_args = parser.parse_known_args(argv)
@@ -97,8 +100,7 @@ def parse_args(argv=None):
         raise cli.UsageError(f"--size: {error}") from None
     if args.seed >= 2**63:
         raise cli.UsageError(f"--seed must be below 2**63, got {args.seed}")
-    own_flags = [flag for action in parser._actions for flag in action.option_strings]  # noqa: SLF001
-    beam_options.check_beam_args(beam_args, own_flags)
+    beam_options.check_beam_args(beam_args, cli.flags_in_usage(parser))
     if "://" in args.data_dir and "array_record" in args.file_format:
         # TFDS's ArrayRecord writer fails on gs:// (tensorflow/datasets#10981).
         raise cli.UsageError(
@@ -149,7 +151,7 @@ def describe(settings: dict) -> str:
 def read_settings(folder: str) -> dict | None:
     """The settings recorded in folder's metadata.json, if it can be read."""
     try:
-        metadata = contract._read_json(os.path.join(folder, contract.METADATA_FILE))  # noqa: SLF001
+        metadata = contract.read_json(os.path.join(folder, contract.METADATA_FILE))
     except (OSError, ValueError):
         return None
     return {key: metadata.get(key) for key in ("size", "seed", "num_train", "num_validation", "num_test")}
@@ -259,12 +261,6 @@ def plan_summary(plans) -> str:
 
 
 def main(argv=None):
-    # First of all, so that Beam's workers import Beam on another core while this process does.
-    with local_runner.warm_workers(sys.argv[1:] if argv is None else argv):
-        return generate(argv)
-
-
-def generate(argv=None):
     args, beam_args = parse_args(argv)
     cli.quiet_tensorflow()
     # Local Beam workers forward their log lines here: a harmless warning each about a missing semi-persistent
@@ -273,8 +269,7 @@ def generate(argv=None):
     options = beam_options.make_options(beam_args)
     dry_run = beam_options.is_dry_run(options)
     check_data_dir(args.data_dir, create=False)
-    runner = options.get_all_options().get("runner")
-    num_workers = beam_options.local_workers(options)
+    runner_name = beam_options.runner_name(options).rsplit(".", 1)[-1]
 
     counts = contract.default_counts(args.size)
     for split in contract.SPLITS:
@@ -288,13 +283,17 @@ def generate(argv=None):
             f"give at most {counts[split]:,} (every shard holds at least one example)"
         )
 
-    from tensorflow_datasets.core.utils import shard_utils
+    import tensorflow_datasets as tfds
 
-    from pipeline import records
     from pipeline.moving_line import moving_line_dataset_builder as dataset_builder
 
+    # The workers the shards are planned for: a local runner's processes, a Dask cluster's threads (asked of its
+    # scheduler, which also shows it answers). A remote runner such as Dataflow scales by itself.
+    num_workers = beam_options.local_workers(options)
+    if beam_options.is_dask(options):
+        num_workers = beam_options.dask_cluster_threads(options)
     bytes_per_example = records.mean_record_bytes(args.seed, args.size)
-    shard_config = shard_utils.ShardConfig(num_shards=args.num_shards)
+    shard_config = tfds.download.DownloadConfig(num_shards=args.num_shards).get_shard_config()
     balance = dataset_builder.balance_examples(counts.values(), num_workers)
     num_shards = {
         split: dataset_builder.num_shards_for(count, bytes_per_example, shard_config, balance)
@@ -315,7 +314,7 @@ def generate(argv=None):
             )
 
     if dry_run:
-        return dry_run_job(args, options, runner, counts, num_shards, needed, folder, remote)
+        return dry_run_job(args, options, runner_name, counts, num_shards, needed, folder, remote)
 
     check_data_dir(args.data_dir, create=True)
     config = contract.config_name(args.size)
@@ -331,23 +330,23 @@ def generate(argv=None):
         num_workers=num_workers,
     )
     formats = " and ".join(args.file_format)
-    cli.log(PROG, f"building {contract.full_name(args.size)} ({describe(wanted)}) as {formats} with {runner}")
+    where = f" at {beam_options.dask_address(options) or 'a local cluster'}" if beam_options.is_dask(options) else ""
+    cli.log(
+        PROG, f"building {contract.full_name(args.size)} ({describe(wanted)}) as {formats} with {runner_name}{where}"
+    )
     plans = builder.split_plans(folder, shard_config, bytes_per_example)
     cli.log(PROG, f"about {human_bytes(needed)} in all: {plan_summary(plans)}")
     start = time.monotonic()
-    import tensorflow_datasets as tfds
-
-    download_config = tfds.download.DownloadConfig(
-        beam_options=options, beam_runner=local_runner.runner_for(options), num_shards=args.num_shards
-    )
+    download_config = tfds.download.DownloadConfig(beam_options=options, num_shards=args.num_shards)
     config_folder = contract.config_folder(args.data_dir, args.size)
     progress_folder = None
+    records.keep_freed_memory_in_children()
     try:
-        with exclusive_build(config_folder):
-            if num_workers:
-                # Beside the build, named like TFDS's incomplete folders: a killed run's is cleared with them.
-                where = None if "://" in config_folder else config_folder
-                progress_folder = tempfile.mkdtemp(prefix="incomplete.progress-", dir=where)
+        with exclusive_build(config_folder), tempfile.TemporaryDirectory(prefix="moving-line-downloads-") as downloads:
+            if num_workers and not remote:
+                # Beside the build, where the workers write (a cluster's included), named like TFDS's incomplete
+                # folders: a killed run's is cleared with them.
+                progress_folder = tempfile.mkdtemp(prefix="incomplete.progress-", dir=config_folder)
                 builder.progress_folder = progress_folder
             progress = ProgressReporter(progress_folder, counts) if progress_folder else contextlib.nullcontext()
             with (
@@ -356,7 +355,8 @@ def generate(argv=None):
                 progress,
                 contextlib.redirect_stdout(io.StringIO()),  # TFDS prints "Downloading and preparing..." there
             ):
-                builder.download_and_prepare(download_config=download_config)
+                # Nothing is downloaded; TFDS's download manager still makes its folders, here out of the way.
+                builder.download_and_prepare(download_dir=downloads, download_config=download_config)
     except Exception as error:
         if is_no_space(error):
             raise cli.FaultError(
@@ -374,7 +374,7 @@ def generate(argv=None):
 def existing_build(folder: str, wanted: dict, args) -> str | None:
     """'built' when folder already holds this build; None when there is nothing (or it was damaged and
     is rebuilt). Refuses other settings, flags that cannot change a finished build, and damage it cannot repair."""
-    if not contract._exists(folder):  # noqa: SLF001
+    if not contract.path_exists(folder):
         return None
     try:
         info = contract.check_complete(folder)
@@ -410,7 +410,7 @@ def existing_build(folder: str, wanted: dict, args) -> str | None:
     return "built"
 
 
-def dry_run_job(args, options, runner, counts, num_shards, needed, folder, remote) -> int:
+def dry_run_job(args, options, runner_name, counts, num_shards, needed, folder, remote) -> int:
     """Plans the build and, for a remote runner, has Beam build the whole job; writes nothing."""
     from pipeline import transforms
 
@@ -420,7 +420,7 @@ def dry_run_job(args, options, runner, counts, num_shards, needed, folder, remot
     ]
     where = "" if remote else f" ({human_bytes(shutil.disk_usage(existing_ancestor(args.data_dir)).free)} free)"
     cli.log(PROG, f"dry run: {plan_summary(plans)}, about {human_bytes(needed)} into {folder}{where}")
-    if runner not in beam_options.LOCAL_RUNNERS:
+    if beam_options.runner_name(options) not in beam_options.LOCAL_RUNNERS and not beam_options.is_dask(options):
         import apache_beam as beam
 
         write = transforms.WriteShards(plans, args.seed, args.size, os.path.join(folder, "shards.json"))
@@ -429,10 +429,12 @@ def dry_run_job(args, options, runner, counts, num_shards, needed, folder, remot
                 _ = pipeline | "WriteShards" >> write
         except ValueError as error:  # Beam's checks of the options, e.g. "Invalid Project ID"
             problem = " ".join(str(error).split())
-            raise cli.UsageError(f"{runner} refused the options: {problem}") from None
-        cli.log(PROG, f"dry run: {runner} built the job without running it; nothing written")
+            raise cli.UsageError(f"{runner_name} refused the options: {problem}") from None
+        cli.log(PROG, f"dry run: {runner_name} built the job without running it; nothing written")
     else:
-        cli.log(PROG, f"dry run: nothing written ({runner} runs jobs locally; drop --dry_run to build)")
+        cli.log(
+            PROG, f"dry run: nothing written ({runner_name} starts its work only when it runs; drop --dry_run to build)"
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ the per-example Python of TFDS's generic feature encoding.
 from __future__ import annotations
 
 import functools
+import os
 import struct
 
 import numpy as np
@@ -22,22 +23,18 @@ _MASK_DELTA = 0xA282EAD8
 ARRAY_RECORD_OPTIONS = "group_size:1"
 
 
-def keep_freed_memory():
-    """Has glibc keep freed memory for reuse instead of unmapping it.
+# glibc's malloc tunables for the processes that serialize records, read when a process starts.
+# Serializing a chunk makes numpy temporaries of a few MB each; above 128 KiB glibc maps each one
+# fresh and unmaps it when freed, and the page faults cost more than the encoding itself
+# (BENCHMARKS.md). Raised thresholds keep that memory for the next chunk. Other C libraries ignore them.
+MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
-    Serializing a chunk makes numpy temporaries of a few MB each. Above 128 KiB glibc maps each one
-    fresh and unmaps it when freed, and the page faults cost more than the encoding itself
-    (BENCHMARKS.md). Raising the thresholds once keeps that memory for the next chunk. No-op off glibc.
-    """
-    import ctypes
 
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD in malloc.h
-    libc.mallopt(mmap_threshold, 64 << 20)
-    libc.mallopt(trim_threshold, 256 << 20)
+def keep_freed_memory_in_children():
+    """Processes started from here on (Beam's local workers) keep freed memory for reuse (MALLOC_ENVIRONMENT);
+    settings the user made stay."""
+    for name, value in MALLOC_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 def varint(value: int) -> bytes:

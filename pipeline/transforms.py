@@ -4,9 +4,13 @@ Every shard is one element: the worker that takes it generates the shard's index
 chunk by chunk, serializes each example once and streams the records into the shard's
 file in every requested format. No example ever travels through a shuffle, so memory
 stays flat however many examples there are, and shard i of a given plan always holds the
-same examples in the same order, whatever the runner or the number of workers. The shards of a
-split are expanded from one small element by the workers, so a plan of millions of shards
-never sits in the launching process's memory.
+same examples in the same order, whatever the runner or the number of workers.
+
+The job starts from groups of consecutive shards (one shard a group unless there are more than
+MAX_GROUPS): on Dask each group is a task of its own, and a plan of millions of shards never sits
+in the launching process's memory. Every runner may run a shard twice (Dataflow retries bundles;
+Dask runs again what a lost worker had done): each run writes a temporary file of its own and
+replaces the final one, so a shard always ends as exactly one whole file.
 
 The workers import neither TensorFlow nor TFDS (pipeline.records writes the files), which
 keeps their start-up short.
@@ -18,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import uuid
 
 import apache_beam as beam
 
@@ -26,6 +31,8 @@ from pipeline import contract, records
 # Examples serialized by one numpy pass: big enough to amortise Python, small enough to keep a
 # worker's memory flat (the videos are never drawn, a chunk is a few MB).
 CHUNK_EXAMPLES = 1024
+# Elements the job starts from: one per shard up to this, groups of consecutive shards beyond.
+MAX_GROUPS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +45,37 @@ class SplitPlan:
     folder: str
     file_formats: tuple[str, ...]
 
+    def shard(self, index: int) -> ShardPlan:
+        start, count = shard_range(self.count, self.num_shards, index)
+        return ShardPlan(self.split, index, start, count, self.num_shards, self.folder, self.file_formats)
+
     def shards(self):
         """Its ShardPlans, one at a time."""
         for index in range(self.num_shards):
-            start, count = shard_range(self.count, self.num_shards, index)
-            yield ShardPlan(self.split, index, start, count, self.num_shards, self.folder, self.file_formats)
+            yield self.shard(index)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardGroup:
+    """Shards first..first+count-1 of a split."""
+
+    split: SplitPlan
+    first: int
+    count: int
+
+    def shards(self):
+        for index in range(self.first, self.first + self.count):
+            yield self.split.shard(index)
+
+
+def shard_groups(splits: list[SplitPlan], max_groups: int = MAX_GROUPS) -> list[ShardGroup]:
+    """The splits' shards in at most about max_groups groups of consecutive shards (one shard each when they fit)."""
+    per_group = max(1, -(-sum(split.num_shards for split in splits) // max_groups))
+    return [
+        ShardGroup(split, first, min(per_group, split.num_shards - first))
+        for split in splits
+        for first in range(0, split.num_shards, per_group)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,26 +111,51 @@ def shard_bounds(count: int, num_shards: int) -> list[tuple[int, int]]:
 
 
 def temporary_name(path: str) -> str:
-    """Where a shard is written before it is complete (TFDS's readers never list this name)."""
+    """Where one run of a shard writes it before it is complete: a name of its own, so that two runs of the
+    same shard (a retry, or a copy on another worker) never write into each other's file."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.incomplete-{os.getpid()}")
+    return os.path.join(folder, contract.temporary_file_name(name, uuid.uuid4().hex))
+
+
+def remove_temporaries(folder: str) -> list[str]:
+    """Deletes what killed runs of shards left in folder (a worker that died mid-shard); their names."""
+    from etils import epath
+
+    left = [path for path in epath.Path(folder).iterdir() if contract.is_temporary(path.name)]
+    for path in left:
+        path.unlink(missing_ok=True)
+    return [path.name for path in left]
+
+
+def written_shard_name(split: str, index: int) -> str:
+    return f"{split}-{index}.json"
+
+
+def read_written_shards(folder: str) -> list[list]:
+    """What every shard written into folder holds (WriteShard's notes), sorted by split and index."""
+    from etils import epath
+
+    notes = [json.loads(path.read_text()) for path in epath.Path(folder).iterdir() if path.suffix == ".json"]
+    return sorted(notes, key=lambda note: (note[0], note[1]))
 
 
 class WriteShard(beam.DoFn):
-    """ShardPlan -> writes its files -> (split, index, examples, serialized bytes, {file name: file bytes})."""
+    """ShardPlan -> writes its files, then a note of what it holds into written_folder (written_shard_name):
+    [split, index, examples, serialized bytes, {file name: file bytes}]; yields that note too.
 
-    def __init__(self, seed: int, size: int, progress_folder: str | None = None):
-        self._seed, self._size, self._progress_folder = seed, size, progress_folder
+    The notes are files, not the job's output, so that the builder needs nothing back from the runner:
+    on a runner that runs a shard twice, the second note replaces the first's identical one."""
 
-    def setup(self):
-        records.keep_freed_memory()
+    def __init__(self, seed: int, size: int, written_folder: str, progress_folder: str | None = None):
+        self._seed, self._size = seed, size
+        self._written_folder, self._progress_folder = written_folder, progress_folder
 
     def process(self, plan: ShardPlan):
         from etils import epath
 
         final = {name: os.path.join(plan.folder, plan.file_name(name)) for name in plan.file_formats}
-        # Written beside its final name and renamed when complete: a retried or killed worker never
-        # leaves a half-written shard under the real name.
+        # Written beside its final name and moved there when complete: a killed run never leaves a half-written
+        # shard under the real name, and a second run of the shard replaces the first's identical file.
         temporary = {file_format: temporary_name(path) for file_format, path in final.items()}
         writers = {}
         serialized_bytes = 0
@@ -116,7 +174,7 @@ class WriteShard(beam.DoFn):
                 writers.popitem()[1].close()
             file_bytes = {}
             for file_format, path in final.items():
-                epath.Path(temporary[file_format]).rename(path)
+                epath.Path(temporary[file_format]).replace(path)
                 file_bytes[os.path.basename(path)] = epath.Path(path).stat().length
         finally:
             for writer in writers.values():
@@ -124,39 +182,36 @@ class WriteShard(beam.DoFn):
                     writer.close()
             for path in temporary.values():
                 epath.Path(path).unlink(missing_ok=True)
+        note = [plan.split, plan.index, plan.count, serialized_bytes, file_bytes]
+        path = os.path.join(self._written_folder, written_shard_name(plan.split, plan.index))
+        temporary_note = epath.Path(temporary_name(path))
+        try:
+            temporary_note.write_text(json.dumps(note))
+            temporary_note.replace(path)
+        finally:
+            temporary_note.unlink(missing_ok=True)
         beam.metrics.Metrics.counter(contract.NAME, f"{plan.split}_examples").inc(plan.count)
         beam.metrics.Metrics.counter(contract.NAME, "shards_written").inc()
-        yield plan.split, plan.index, plan.count, serialized_bytes, file_bytes
-
-
-def record_shards(keyed_shards: tuple, path: str):
-    """Writes what every shard holds (all under one key) as JSON, for the builder to read after the run."""
-    from etils import epath
-
-    _, shards = keyed_shards
-    epath.Path(path).write_text(json.dumps(sorted(shards)))
+        yield note
 
 
 class WriteShards(beam.PTransform):
-    """Writes every shard of the planned splits; then what they hold (see record_shards) to shards_path."""
+    """Writes every shard of the planned splits, and a note of what each holds into written_folder, which must
+    exist (see WriteShard; read them with read_written_shards)."""
 
-    def __init__(self, splits: list[SplitPlan], seed: int, size: int, shards_path: str, progress_folder=None):
+    def __init__(self, splits: list[SplitPlan], seed: int, size: int, written_folder: str, progress_folder=None):
         super().__init__()
-        self._splits, self._shards_path = splits, shards_path
-        self._write = WriteShard(seed, size, progress_folder)
+        self._splits = splits
+        self._write = WriteShard(seed, size, written_folder, progress_folder)
 
     def expand(self, pbegin):
         return (
             pbegin
-            # A handful of elements: Create's own Reshuffle would only add a stage.
-            | "Splits" >> beam.Create(self._splits, reshuffle=False)
-            | "Shards" >> beam.FlatMap(SplitPlan.shards)
-            # Without a fusion break every shard would be written by the worker that expanded the split.
+            # Create's own Reshuffle would only add a stage: the one below spreads the shards.
+            | "ShardGroups" >> beam.Create(shard_groups(self._splits), reshuffle=False)
+            | "Shards" >> beam.FlatMap(ShardGroup.shards)
+            # Without a fusion break every shard would be written by the worker that expanded the groups.
+            # (Dask has no such break and ignores it: there each group is a task of its own.)
             | "Distribute" >> beam.Reshuffle()
             | "WriteShard" >> beam.ParDo(self._write)
-            # One group rather than CombineGlobally(ToList), whose default for an empty input costs two
-            # more stages; every plan has shards.
-            | "Key" >> beam.WithKeys(0)
-            | "Collect" >> beam.GroupByKey()
-            | "RecordShards" >> beam.Map(record_shards, path=self._shards_path)
         )

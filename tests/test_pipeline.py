@@ -92,12 +92,11 @@ def read_records(path):
     "runner",
     [
         ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"],
-        # Worker processes that Beam starts itself: no warm process to fork them (pipeline.local_runner).
-        ["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        ["--runner=FnApiRunner", "--direct_num_workers=3", "--direct_running_mode=multi_processing"],
     ],
-    ids=["one worker in process", "two workers started cold"],
+    ids=["one worker in process", "three worker processes"],
 )
-def test_other_runner_settings_write_the_same_records_as_the_default_warm_workers(small_data_dir, tmp_path, runner):
+def test_other_runner_settings_write_the_same_records_as_the_default(small_data_dir, tmp_path, runner):
     run_command(*generate_args(tmp_path, extra=runner), check=True)
     two, one = dataset_folder(small_data_dir, 8), dataset_folder(tmp_path, 8)
     shards = sorted(name for name in os.listdir(two) if ".tfrecord" in name)
@@ -331,6 +330,10 @@ DAMAGES = {
     "metadata unreadable": lambda folder: pathlib.Path(folder, contract.INFO_FILE).write_text("{"),
     "shard deleted": lambda folder: os.remove(shard(folder, "validation")),
     "shard truncated": lambda folder: os.truncate(shard(folder, "train"), 100),
+    # What a worker killed mid-shard leaves, if the run still finished (a copy of the folder taken meanwhile).
+    "a shard file never finished": lambda folder: pathlib.Path(
+        folder, contract.temporary_file_name(contract.shard_file_name("train", "tfrecord", 0, 1), "killed")
+    ).write_bytes(b"half"),
 }
 
 
@@ -401,10 +404,7 @@ def run_until_writing(command, config_folder):
     import glob
     import signal
     import subprocess
-    import sys
     import time
-
-    from conftest import REPO
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(
@@ -439,7 +439,7 @@ def test_ctrl_c_or_sigterm_midway_leave_one_line_no_dataset_and_the_same_command
     assert sorted(os.listdir(config_folder)) == [".generate.lock"]  # no incomplete folder, no dataset
     time.sleep(0.5)
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert f"{tmp_path}" not in processes  # nor the warm process, forked from the command with its arguments
+    assert f"{tmp_path}" not in processes  # no worker left either
     again = run_command(*generate_args(tmp_path, settings), check=True)  # the lock was released
     assert "done: 40,600 examples" in again.stderr
     assert not list(config_folder.glob("incomplete.*"))
@@ -489,87 +489,6 @@ def test_a_disk_that_fills_up_midway_ends_in_one_line_with_nothing_kept_and_then
     assert "done: 150,600 examples" in again.stderr
 
 
-def test_the_warm_process_forks_a_worker_per_request_of_its_own_user_and_answers_its_exit_code():
-    import socket
-    import subprocess
-    import time
-
-    address = f"moving-line-test-{os.getpid()}"
-    warm = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.local_runner", "--warm", address],
-        stdin=subprocess.PIPE, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
-    )  # fmt: skip
-
-    def request(environment, uid=None):
-        if uid is not None:  # a request from another user, in a child that becomes one
-            child = os.fork()
-            if child == 0:
-                code = 3
-                try:
-                    os.setuid(uid)
-                    code = 0 if request(environment) == b"" else 4
-                finally:
-                    os._exit(code)
-            return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                connection.connect("\0" + address)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and warm.poll() is None, "the warm process never listened"
-                time.sleep(0.05)
-        connection.settimeout(60)
-        try:
-            connection.sendall(json.dumps(environment).encode() + b"\n")
-            return connection.recv(1)
-        except ConnectionError:  # closed, before or after the request was sent
-            return b""
-
-    try:
-        # Without Beam's endpoints the forked worker fails: its exit code comes back.
-        assert request({"PATH": os.environ.get("PATH", "")}) == bytes([1])
-        if os.geteuid() == 0:
-            assert request({}, uid=65534) == 0  # closed without forking anything
-        warm.stdin.close()  # the command that started it has ended
-        assert warm.wait(timeout=10) == 0
-    finally:
-        warm.kill()
-        warm.wait()
-
-
-SKIPPED_IMPORTS = """
-import sys
-from pipeline import local_runner
-with local_runner.warm_workers(sys.argv[1:]):  # what pipeline.generate's main does first
-    import apache_beam
-    print(sorted(name for name in local_runner.UNUSED_BY_THE_COMMAND if sys.modules.get(name) is not None))
-"""
-
-
-def test_the_command_running_the_job_here_imports_none_of_what_beam_would_import_for_other_jobs():
-    from pipeline import local_runner
-
-    here = run_command("-c", SKIPPED_IMPORTS, "--data_dir=x", check=True)
-    assert here.stdout.strip() == "[]"
-    assert here.stderr == ""  # Beam's MongoDB connector is quiet about its missing bson package
-    elsewhere = run_command("-c", SKIPPED_IMPORTS, "--data_dir=x", "--runner=DataflowRunner", check=True)
-    assert elsewhere.stdout.strip() == str(sorted(local_runner.UNUSED_BY_THE_COMMAND))  # Beam's own imports
-
-
-def test_workers_sample_their_state_often_so_that_a_bundle_ends_soon_after_its_last_element():
-    code = """
-from apache_beam.runners.worker import statesampler
-from apache_beam.utils.counters import CounterFactory
-from pipeline import local_runner
-local_runner.sample_states_often()
-print(statesampler.StateSampler("step", CounterFactory()).sampling_period_ms, local_runner.SAMPLING_PERIOD_MS)
-"""
-    sampled, wanted = run_command("-c", code, check=True).stdout.split()
-    assert sampled == wanted
-
-
 SIGNAL_TO_ANOTHER_THREAD = """
 import signal, subprocess, threading, time
 from pipeline import cli, local_runner
@@ -595,7 +514,7 @@ def test_a_signal_taken_by_a_library_thread_still_stops_the_workers_at_once():
 
 
 def test_a_zombie_worker_counts_as_stopped():
-    # Where PID 1 reaps no orphans (a container's), the warm process's workers outlive it as zombies.
+    # Where PID 1 reaps no orphans (a container's), a worker whose parent died stays a zombie.
     import subprocess
     import time
 

@@ -42,7 +42,6 @@ def test_the_sdist_that_dataflow_workers_install_carries_the_builder_its_card_an
         "pipeline/moving_line/TAGS.txt",
         "pipeline/generator.py",
         "pipeline/video_codec.py",
-        "pipeline/video_feature.py",
         "pipeline/transforms.py",
         "configs/default.yaml",
         "configs/seed.yaml",

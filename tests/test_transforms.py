@@ -1,14 +1,14 @@
 """The Beam job on Beam's own test runner: each shard holds exactly its index range of the generator's examples."""
 
-import json
+import zlib
 
 import pytest
 import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline import contract, generator
+from pipeline import contract, generator, transforms
 from pipeline.moving_line import moving_line_dataset_builder as dataset_builder
-from pipeline.transforms import SplitPlan, WriteShards, chunk_ranges, shard_bounds, shard_range
+from pipeline.transforms import SplitPlan, WriteShards, chunk_ranges, shard_bounds, shard_groups, shard_range
 
 
 @pytest.mark.parametrize(
@@ -37,15 +37,32 @@ def test_a_shard_of_a_huge_split_is_planned_without_the_others():
     assert first.file_name("tfrecord") == "moving_line-train.tfrecord-0000000-of-1000000"
 
 
+def test_the_job_starts_from_one_element_per_shard_or_groups_of_consecutive_shards_when_there_are_many():
+    splits = [SplitPlan("train", 100, 5, "/data", ("tfrecord",)), SplitPlan("test", 10, 2, "/data", ("tfrecord",))]
+    assert [(group.split.split, group.first, group.count) for group in shard_groups(splits)] == [
+        ("train", 0, 1), ("train", 1, 1), ("train", 2, 1), ("train", 3, 1), ("train", 4, 1), ("test", 0, 1),
+        ("test", 1, 1),
+    ]  # fmt: skip
+    groups = shard_groups(splits, max_groups=3)
+    assert [(group.split.split, group.first, group.count) for group in groups] == [
+        ("train", 0, 3), ("train", 3, 2), ("test", 0, 2),
+    ]  # fmt: skip
+    # Every shard exactly once, in order.
+    assert [(shard.split, shard.index) for group in groups for shard in group.shards()] == [
+        (split.split, index) for split in splits for index in range(split.num_shards)
+    ]
+
+
 def test_write_shards_writes_each_index_range_in_order_in_every_format(tmp_path):
     from array_record.python.array_record_module import ArrayRecordReader
 
     features = dataset_builder.Builder(config=dataset_builder.make_config(size=6), data_dir=str(tmp_path)).info.features
     formats = ("tfrecord", "array_record")
     splits = [SplitPlan("validation", 11, 3, str(tmp_path), formats), SplitPlan("test", 5, 1, str(tmp_path), formats)]
-    shards_path = str(tmp_path / "shards.json")
+    written = tmp_path / "written"
+    written.mkdir()
     with TestPipeline() as pipeline:
-        _ = pipeline | WriteShards(splits, seed=3, size=6, shards_path=shards_path)
+        _ = pipeline | WriteShards(splits, seed=3, size=6, written_folder=str(written))
 
     for split in splits:
         for plan in split.shards():
@@ -58,8 +75,7 @@ def test_write_shards_writes_each_index_range_in_order_in_every_format(tmp_path)
             assert [int(record["label"]) for record in decoded] == expected["label"].tolist()
             for record, video, path in zip(decoded, expected["video"], expected["path"], strict=True):
                 assert (record["video"] == video).all() and (record["path"] == path).all()
-    with open(shards_path) as file:
-        recorded = json.load(file)
+    recorded = transforms.read_written_shards(str(written))
     assert sorted((split, index, examples) for split, index, examples, _, _ in recorded) == sorted(
         [("test", 0, 5)] + [("validation", index, count) for index, (_, count) in enumerate(shard_bounds(11, 3))]
     )
@@ -69,8 +85,29 @@ def test_write_shards_writes_each_index_range_in_order_in_every_format(tmp_path)
             contract.shard_file_name(split, name, index, 3 if split == "validation" else 1) for name in formats
         )
         assert all((tmp_path / name).stat().st_size == size for name, size in files.items())
-    # Nothing else: no temporary files left beside the shards.
+    # Nothing else: no temporary files left beside the shards or the notes.
     assert len(list(tmp_path.iterdir())) == 2 * 4 + 1
+    assert len(list(written.iterdir())) == 4
+
+
+def test_a_shard_written_twice_ends_as_one_whole_file_and_a_killed_runs_leftover_is_removed(tmp_path):
+    # Dask runs again what a lost worker had finished; Dataflow retries bundles, and may run one twice at once.
+    plan = next(SplitPlan("train", 3000, 2, str(tmp_path), ("tfrecord",)).shards())
+    written = tmp_path / "written"
+    written.mkdir()
+    write = transforms.WriteShard(seed=0, size=8, written_folder=str(written))
+    final = tmp_path / plan.file_name("tfrecord")
+    first_note = list(write.process(plan))
+    first = final.read_bytes()
+    # A run killed mid-shard left its temporary file; the next run is not disturbed by it.
+    leftover = tmp_path / contract.temporary_file_name(final.name, "killed")
+    leftover.write_bytes(first[:1000])
+    assert list(write.process(plan)) == first_note
+    assert final.read_bytes() == first
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([final.name, leftover.name, "written"])
+    assert transforms.read_written_shards(str(written)) == first_note
+    assert transforms.remove_temporaries(str(tmp_path)) == [leftover.name]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([final.name, "written"])
 
 
 @pytest.mark.parametrize("size", [2, 8, 50, 255])
@@ -88,9 +125,16 @@ def test_records_decode_to_the_generators_examples_exactly_as_tfds_serializes_th
     expected = generator.generate(seed, "test", 10**9, count, size)
     for index, record in enumerate(records.serialize_examples(seed, "test", 10**9, count, size)):
         example = {name: expected[name][index] for name in ("video", "label", "path")}
-        # The same tf.train.Example as TFDS's own encoding and serializer (map order aside)...
-        tfds_record = serializer.serialize_example(features.encode_example(example))
-        assert tf.train.Example.FromString(record) == tf.train.Example.FromString(tfds_record)
+        # The same tf.train.Example as TFDS's own encoding and serializer (map order aside), but for the video's
+        # zlib stream (pipeline.video_codec's, not zlib's own), which inflates to the same bytes...
+        ours, theirs = (
+            tf.train.Example.FromString(serialized)
+            for serialized in (record, serializer.serialize_example(features.encode_example(example)))
+        )
+        for proto in (ours, theirs):
+            video = proto.features.feature["video"].bytes_list
+            video.value[0] = zlib.decompress(video.value[0])
+        assert ours == theirs
         # ...which decodes to the generator's example.
         decoded = features.deserialize_example_np(record)
         assert int(decoded["label"]) == int(example["label"])

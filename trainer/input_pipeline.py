@@ -45,7 +45,7 @@ def load_builder(data_dir: str, size: int):
             )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, ValueError):
+    except (tfds.core.DatasetNotFoundError, FileNotFoundError, ValueError):
         builder = None
     if builder is None or not tf.io.gfile.exists(f"{builder.data_dir}/dataset_info.json"):
         raise UsageError(

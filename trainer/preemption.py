@@ -32,6 +32,8 @@ GRACE_SECONDS = 8.0
 # The supervisor allows the child its grace period and a little more to save and exit.
 SUPERVISOR_GRACE_SECONDS = GRACE_SECONDS + 1.5
 READY_FD_VARIABLE = "MOVING_LINE_TRAINER_READY_FD"
+# The read end of a pipe whose write end only the supervisor holds: it reads end-of-file once the supervisor is gone.
+SUPERVISOR_FD_VARIABLE = "MOVING_LINE_SUPERVISOR_FD"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Whether this process is the training child of supervise() (read at start: the variable is then removed).
 SUPERVISED = READY_FD_VARIABLE in os.environ
@@ -122,14 +124,24 @@ def tell_supervisor_ready():
         os.close(int(descriptor))
 
 
-def _die_with_parent():
-    """In the child, before it runs: the kernel kills it if the supervisor dies (Linux); elsewhere nothing."""
-    try:
-        import ctypes
+def end_with_supervisor():
+    """In the training child: ends it when its supervisor is gone, however it went (SIGKILL included), so that no
+    training process is left behind holding the model_dir and the cluster's ports.
 
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    A thread waits on the supervisor's pipe. It runs as soon as TensorFlow lets Python's threads run: while the
+    workers join, MultiWorkerMirroredStrategy may hold Python's lock until they have (the supervisor's own
+    peer_wait_seconds bounds that wait)."""
+    descriptor = os.environ.pop(SUPERVISOR_FD_VARIABLE, None)
+    if descriptor is None:
+        return
+
+    def wait():
+        with contextlib.suppress(OSError):
+            while os.read(int(descriptor), 1):
+                pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=wait, name="supervisor-watch", daemon=True).start()
 
 
 def supervise(prog: str, argv: list[str], peer_wait_seconds: float, peers: dict[str, str], describe_self: str) -> int:
@@ -141,13 +153,14 @@ def supervise(prog: str, argv: list[str], peer_wait_seconds: float, peers: dict[
     for number in STOP_SIGNALS:
         signal.signal(number, lambda signal_number, frame: received.append(signal_number))
     ready_read, ready_write = os.pipe()
+    alive_read, alive_write = os.pipe()  # alive_write stays here alone (os.pipe's ends are not inherited)
     child = subprocess.Popen(
         [sys.executable, "-m", "trainer.task", *argv],
-        env={**os.environ, READY_FD_VARIABLE: str(ready_write)},
-        pass_fds=(ready_write,),
-        preexec_fn=_die_with_parent,
+        env={**os.environ, READY_FD_VARIABLE: str(ready_write), SUPERVISOR_FD_VARIABLE: str(alive_read)},
+        pass_fds=(ready_write, alive_read),
     )
     os.close(ready_write)
+    os.close(alive_read)
     deadline = time.monotonic() + peer_wait_seconds
     ready, forwarded, stop_deadline = False, 0, None
     while True:

@@ -69,6 +69,8 @@ def main(argv=None):
     if state == "finished":
         log(f"{paths.model_dir} already holds this run, trained and exported; nothing to do")
         return 0
+    if preemption.supervised():
+        preemption.end_with_supervisor()
     if cluster is not None and not preemption.supervised():
         # The strategy waits for every worker inside TensorFlow, deaf to signals: train in a child we can end.
         return preemption.supervise(PROG, argv, config["peer_wait_seconds"], cluster.peers(), cluster.describe())

@@ -5,20 +5,15 @@ Build with `python -m pipeline.generate` (see the README) or `tfds build pipelin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-# The base of GeneratorBasedBuilder and ShardBasedBuilder (reading TFRecords, no writer of its
-# own); tfds.core does not re-export it.
-from tensorflow_datasets.core.dataset_builder import FileReaderBuilder
-
-from pipeline import contract, generator, records
-from pipeline.video_feature import MovingLineVideo
+from pipeline import contract, generator, library_gaps, records
 
 DEFAULT_SEED = contract.DEFAULT_SEED
 # Each shard is written by one worker. TFDS's rule alone allows shards up to 1 GiB, which would
@@ -31,8 +26,8 @@ MAX_SHARD_BYTES = 64 << 20
 SHARDS_PER_WORKER = 8
 # Below this a shard is not worth splitting: a worker makes it in a fraction of a second.
 MIN_SHARD_EXAMPLES = 2_000
-# Written by the Beam job beside the shards: what each shard holds. Read, then deleted.
-SHARDS_FILE = "shards.json"
+# Written by the Beam job beside the shards: a note of what each shard holds. Read, then deleted.
+WRITTEN_SHARDS_FOLDER = "written-shards"
 
 
 @dataclasses.dataclass
@@ -84,13 +79,7 @@ def balance_examples(counts, num_workers: int | None) -> int | None:
     return max(MIN_SHARD_EXAMPLES, size)
 
 
-class NothingToDownload:
-    """What TFDS's download_and_prepare asks of a download manager, for a dataset that downloads nothing."""
-
-    downloaded_size = 0
-
-
-class Builder(FileReaderBuilder):
+class Builder(library_gaps.FileReaderBuilder):
     """Videos of a line that grows left or right across the frame, one pixel per frame.
 
     Built by one Beam pipeline (pipeline.transforms.WriteShards) that writes each shard
@@ -152,7 +141,8 @@ class Builder(FileReaderBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     # zlib keeps a 125 kB size-50 video under 400 bytes; TFDS decodes it in-graph.
-                    "video": MovingLineVideo(shape=(size, size, size, 1), dtype=np.uint8, encoding="zlib"),
+                    # The Beam job writes these bytes with pipeline.video_codec, an exact zlib encoder for these videos.
+                    "video": tfds.features.Tensor(shape=(size, size, size, 1), dtype=np.uint8, encoding="zlib"),
                     "label": tfds.features.ClassLabel(names=list(contract.CLASS_NAMES)),
                     # The same video as 2 bytes a frame: frame t lights path[0..t]. Trainers render it on the
                     # accelerator: inflating 125 kB a video on the host cannot keep a GPU fed.
@@ -165,9 +155,6 @@ class Builder(FileReaderBuilder):
             metadata=tfds.core.MetadataDict(self.settings()),
             homepage="https://machinelearningmastery.com/cnn-long-short-term-memory-networks/",
         )
-        # For a dataset not built yet, TFDS looks for published metadata in its own bucket, which never holds
-        # this dataset, and leaves an empty temporary folder behind each time.
-        info.initialize_from_bucket = lambda: None
         return info
 
     def bytes_per_example(self) -> float:
@@ -192,29 +179,36 @@ class Builder(FileReaderBuilder):
             for split, count in counts.items()
         ]
 
-    def _make_download_manager(self, download_dir, download_config):
-        """Nothing is downloaded: no DownloadManager, whose set-up reads the URL checksums of every dataset
-        TFDS knows and makes download folders, on the way to the first example."""
-        del download_dir, download_config
-        return NothingToDownload()
-
     def _download_and_prepare(self, dl_manager, download_config=None):
         del dl_manager  # nothing to download: every example is computed
-        from tensorflow_datasets.core.utils.lazy_imports_utils import apache_beam as beam
+        beam = tfds.core.lazy_imports.apache_beam
 
         from pipeline import transforms
 
         download_config = download_config or tfds.download.DownloadConfig()
         # During the build self.data_dir is TFDS's incomplete.* folder, renamed when everything is written.
         plans = self.split_plans(self.data_dir, download_config.get_shard_config())
-        shards_path = os.path.join(self.data_dir, SHARDS_FILE)
-        write = transforms.WriteShards(plans, self._seed, self.builder_config.size, shards_path, self.progress_folder)
-        with beam.Pipeline(runner=download_config.beam_runner, options=download_config.beam_options) as pipeline:
-            _ = pipeline | "WriteShards" >> write
+        written = epath.Path(self.data_dir) / WRITTEN_SHARDS_FOLDER
+        written.mkdir()
+        write = transforms.WriteShards(
+            plans, self._seed, self.builder_config.size, os.fspath(written), self.progress_folder
+        )
+        pipeline = beam.Pipeline(runner=download_config.beam_runner, options=download_config.beam_options)
+        _ = pipeline | "WriteShards" >> write
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+        except BaseException:
+            # Interrupted, or failed: on a cluster the other shards would go on being written into the folder
+            # that TFDS deletes as this unwinds.
+            with contextlib.suppress(Exception):  # a runner that cannot cancel has already stopped
+                result.cancel()
+            raise
+        # Runs of shards killed with their worker, then run again elsewhere, left their temporary files.
+        transforms.remove_temporaries(self.data_dir)
 
-        shards_file = epath.Path(shards_path)
-        shards = json.loads(shards_file.read_text())
-        shards_file.unlink()
+        shards = transforms.read_written_shards(os.fspath(written))
+        written.rmtree()
         split_infos, file_bytes = [], {}
         for plan in plans:
             held = sorted((index, examples, size) for name, index, examples, size, _ in shards if name == plan.split)
@@ -226,7 +220,12 @@ class Builder(FileReaderBuilder):
                     name=plan.split,
                     shard_lengths=[examples for _, examples, _ in held],
                     num_bytes=sum(size for _, _, size in held),
-                    filename_template=self._get_filename_template(plan.split),
+                    filename_template=tfds.core.ShardedFileTemplate(
+                        data_dir=self.data_path,
+                        dataset_name=self.name,
+                        split=plan.split,
+                        filetype_suffix=self.info.file_format.file_suffix,
+                    ),
                 )
             )
         for *_, sizes in shards:

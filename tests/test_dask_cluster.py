@@ -1,0 +1,213 @@
+"""pipeline.generate on a real Dask cluster on localhost (`dask scheduler` and `dask worker` processes):
+the same bytes as the default runner, every worker busy, a lost worker survived, Ctrl-C, no scheduler."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, generate_args, run_command
+
+from pipeline import contract
+
+distributed = pytest.importorskip("dask.distributed", reason="the dask extra: pip install -e '.[dask]'")
+
+DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+START_SECONDS = 60
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Cluster:
+    """A scheduler and its workers, each a process of its own session (Ctrl-C in a terminal reaches none)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.processes: list[subprocess.Popen] = []
+        self.by_name: dict[str, subprocess.Popen] = {}
+
+    def start_all(self):
+        port = self.address.rsplit(":", 1)[1]
+        self.start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", port])
+        for _ in range(2):
+            self.add_worker()
+
+    def start(self, name, args):
+        with open(self.folder / f"{name}.log", "w") as log:
+            process = subprocess.Popen(
+                [DASK, *args, "--no-dashboard"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        self.processes.append(process)
+        self.by_name[name] = process
+        return process
+
+    def add_worker(self) -> subprocess.Popen:
+        # --no-nanny: the worker is this process, so that killing it loses the worker (a nanny would restart it).
+        name = f"worker-{len(self.processes)}"
+        return self.start(name, ["worker", self.address, "--nthreads", "1", "--no-nanny", "--name", name])
+
+    def client(self):
+        return distributed.Client(self.address, timeout=START_SECONDS, set_as_default=False)
+
+    def wait_for_workers(self, count: int):
+        with self.client() as client:
+            client.wait_for_workers(count, timeout=START_SECONDS)
+
+    def stop(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes:
+            process.wait(timeout=30)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text()[-2000:]}" for path in sorted(self.folder.glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("dask_cluster"))
+    try:
+        cluster.start_all()
+        cluster.wait_for_workers(2)
+        yield cluster
+    finally:
+        cluster.stop()
+    assert all(process.poll() is not None for process in cluster.processes)  # nothing left running
+
+
+def on_cluster(cluster, *extra):
+    return ["--runner=DaskRunner", f"--dask_client_address={cluster.address}", *extra]
+
+
+def files(folder) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def dataset(data_dir, size):
+    return data_dir / contract.NAME / contract.config_name(size) / contract.VERSION
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line_exit_2_and_nothing_written(tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    data_dir = tmp_path / "data"
+    args = generate_args(data_dir, extra=["--runner=DaskRunner", f"--dask_client_address={address}"])
+    result = run_command(*args, "--dask_connection_timeout=2", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith(f"pipeline.generate: error: --dask_client_address {address}: no Dask scheduler")
+    assert not data_dir.exists()
+
+
+SETTINGS = {"size": 8, "num_train": 8000, "num_validation": 1000, "num_test": 1000, "seed": 4}
+
+
+@pytest.fixture(scope="module")
+def default_build(tmp_path_factory):
+    """SETTINGS built by the default runner (Beam's FnApiRunner, one worker process per core)."""
+    data_dir = tmp_path_factory.mktemp("default_runner")
+    run_command(*generate_args(data_dir, SETTINGS, extra=["--num_shards=4"]), check=True)
+    return files(dataset(data_dir, 8))
+
+
+def test_a_build_on_the_cluster_is_byte_identical_to_the_default_runners_with_every_worker_busy(
+    cluster, default_build, tmp_path
+):
+    with cluster.client() as client, distributed.get_task_stream(client) as tasks:
+        result = run_command(*generate_args(tmp_path, SETTINGS, extra=on_cluster(cluster, "--num_shards=4")))
+    assert result.returncode == 0, result.stderr + cluster.logs()
+    assert "Traceback" not in result.stderr
+    assert files(dataset(tmp_path, 8)) == default_build
+    # Each shard a task of its own (Beam's ParDo over one element), spread over both workers.
+    shards = collections.Counter(
+        task["worker"] for task in tasks.data if str(task["key"]).startswith("('apply_dofn_to_bundle")
+    )
+    assert sum(shards.values()) == 3 * 4 and len(shards) == 2, shards
+
+
+def wait_until_writing(process, config_folder, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not list(config_folder.glob("incomplete.*/.*.incomplete-*")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be stopped; make it bigger"
+
+
+def start_generate(args):
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_ctrl_c_during_a_cluster_run_is_one_line_exit_130_and_nothing_is_left(cluster, tmp_path):
+    settings = {"size": 16, "num_train": 400_000, "num_validation": 1000, "num_test": 1000, "seed": 2}
+    process = start_generate(generate_args(tmp_path, settings, extra=on_cluster(cluster)))
+    config_folder = tmp_path / contract.NAME / contract.config_name(16)
+    wait_until_writing(process, config_folder)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the terminal's foreground group, the command's alone
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert (
+        stderr.strip().splitlines()[-1] == "pipeline.generate: error: interrupted by SIGINT; run the same command again"
+    )
+    assert "Traceback" not in stderr
+    assert sorted(os.listdir(config_folder)) == [".generate.lock"]
+    # The cluster's shards that were running when it was cancelled write nothing afterwards.
+    time.sleep(3)
+    assert sorted(os.listdir(config_folder)) == [".generate.lock"]
+    with cluster.client() as client:
+        deadline = time.monotonic() + 30
+        while any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(client.processing().values())  # the cluster is free for the next job
+
+
+def test_a_worker_killed_mid_job_costs_its_shards_again_elsewhere_and_the_dataset_is_the_same(cluster, tmp_path):
+    settings = {"size": 16, "num_train": 120_000, "num_validation": 6000, "num_test": 6000, "seed": 1}
+    shards = ["--num_shards=12"]
+    reference = tmp_path / "reference"
+    run_command(*generate_args(reference, settings, extra=shards), check=True)
+    third = cluster.add_worker()
+    cluster.wait_for_workers(3)
+    data_dir = tmp_path / "cluster"
+    with cluster.client() as client:
+        process = start_generate(generate_args(data_dir, settings, extra=on_cluster(cluster, *shards)))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until a worker other than the third is writing a shard
+            busy = [address for address, tasks in client.processing().items() if tasks]
+            names = {address: info["name"] for address, info in client.scheduler_info()["workers"].items()}
+            victims = [
+                cluster.by_name[names[address]] for address in busy if cluster.by_name[names[address]] is not third
+            ]
+            if victims and list(data_dir.glob("*/*/incomplete.*/.*.incomplete-*")):
+                break
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.02)
+        victim = victims[0]
+        assert process.poll() is None, "the job ended before a worker could be killed; make it bigger"
+        victim.kill()
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr + cluster.logs()
+    assert "Traceback" not in stderr
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    # The same dataset, and nothing temporary in it.
+    assert files(dataset(data_dir, 16)) == files(dataset(reference, 16))
+    assert not [name for name in os.listdir(dataset(data_dir, 16)) if name.startswith(".")]
+    assert sorted(os.listdir(data_dir / contract.NAME / contract.config_name(16))) == [
+        ".generate.lock",
+        contract.VERSION,
+    ]
