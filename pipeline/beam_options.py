@@ -184,3 +184,23 @@ def dask_cluster_threads(options) -> int:
             f"--dask_client_address {address}: the Dask scheduler has no workers; start some (`dask worker {address}`)"
         )
     return threads
+
+
+@contextlib.contextmanager
+def local_dask_cluster(beam_args: list[str], options, workers: int):
+    """The options to run with: for a Dask run without --dask_client_address, those of a Dask cluster started on
+    this machine for the run (workers processes of one thread); the options as they are for any other run.
+
+    Started and closed here rather than by Beam's DaskRunner, which would leave it open when the command ends.
+    Its workers report a failing task to the command, which raises it; their own logs would only add noise."""
+    if not is_dask(options) or dask_address(options):
+        yield options
+        return
+    import logging
+
+    from dask import distributed
+
+    with distributed.LocalCluster(
+        n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=logging.CRITICAL
+    ) as cluster:
+        yield make_options([*beam_args, f"--dask_client_address={cluster.scheduler_address}"])

@@ -254,6 +254,11 @@ def is_no_space(error: BaseException) -> bool:
     return "No space left on device" in text or "[Errno 28]" in text
 
 
+def cluster_failure(error: BaseException) -> bool:
+    """A fault of a Dask cluster rather than of the job: workers that kept dying on a task, a scheduler gone."""
+    return type(error).__module__.split(".")[0] == "distributed" or isinstance(error, (OSError, TimeoutError))
+
+
 def plan_summary(plans) -> str:
     return ", ".join(
         f"{plan.split} {plan.count:,} in {plan.num_shards:,} shard{'s' * (plan.num_shards > 1)}" for plan in plans
@@ -337,12 +342,14 @@ def main(argv=None):
     plans = builder.split_plans(folder, shard_config, bytes_per_example)
     cli.log(PROG, f"about {human_bytes(needed)} in all: {plan_summary(plans)}")
     start = time.monotonic()
-    download_config = tfds.download.DownloadConfig(beam_options=options, num_shards=args.num_shards)
     config_folder = contract.config_folder(args.data_dir, args.size)
     progress_folder = None
     records.keep_freed_memory_in_children()
     try:
-        with exclusive_build(config_folder), tempfile.TemporaryDirectory(prefix="moving-line-downloads-") as downloads:
+        with (
+            exclusive_build(config_folder),
+            tempfile.TemporaryDirectory(prefix="moving-line-downloads-") as downloads,
+        ):
             if num_workers and not remote:
                 # Beside the build, where the workers write (a cluster's included), named like TFDS's incomplete
                 # folders: a killed run's is cleared with them.
@@ -351,10 +358,12 @@ def main(argv=None):
             progress = ProgressReporter(progress_folder, counts) if progress_folder else contextlib.nullcontext()
             with (
                 # First: every thread started from here on (the progress reporter's too) leaves the signals to it.
-                local_runner.signals_stop_workers(),
+                local_runner.signals_stop_workers(kill_workers=not beam_options.is_dask(options)),
+                beam_options.local_dask_cluster(beam_args, options, num_workers) as run_options,
                 progress,
                 contextlib.redirect_stdout(io.StringIO()),  # TFDS prints "Downloading and preparing..." there
             ):
+                download_config = tfds.download.DownloadConfig(beam_options=run_options, num_shards=args.num_shards)
                 # Nothing is downloaded; TFDS's download manager still makes its folders, here out of the way.
                 builder.download_and_prepare(download_dir=downloads, download_config=download_config)
     except Exception as error:
@@ -362,6 +371,13 @@ def main(argv=None):
             raise cli.FaultError(
                 f"no space left on the device writing {folder}; nothing was kept: free some space and run the "
                 "same command again"
+            ) from None
+        if beam_options.is_dask(options) and cluster_failure(error):
+            problem = " ".join(str(error).split())[:300] or type(error).__name__
+            raise cli.FaultError(
+                f"the Dask cluster at {beam_options.dask_address(options) or 'localhost'} could not finish the job "
+                f"({type(error).__name__}: {problem}); nothing was kept: check its workers and run the same command "
+                "again"
             ) from None
         raise
     finally:

@@ -56,8 +56,9 @@ def kill(pids):
 
 
 @contextlib.contextmanager
-def signals_stop_workers():
-    """SIGINT and SIGTERM stop the Beam workers first, then unwind this process as usual.
+def signals_stop_workers(kill_workers: bool = True):
+    """SIGINT and SIGTERM stop the Beam workers first (kill_workers: a Dask cluster's are not killed: the job is
+    cancelled as the interrupt unwinds, and the cluster closed), then unwind this process as usual.
 
     Beam's local worker processes share the terminal's process group, so Ctrl-C would reach each
     of them and each would print its own traceback. The signals are blocked in this thread while the
@@ -92,7 +93,7 @@ def signals_stop_workers():
             # complaints are not news.
             logging.disable(logging.CRITICAL)
             threading.excepthook = lambda arguments: None
-            workers = descendants(os.getpid())
+            workers = descendants(os.getpid()) if kill_workers else []
             kill(workers)
             deadline = time.monotonic() + 10
             while any(map(running, workers)) and time.monotonic() < deadline:
