@@ -275,6 +275,7 @@ def main(argv=None):
     dry_run = beam_options.is_dry_run(options)
     check_data_dir(args.data_dir, create=False)
     runner_name = beam_options.runner_name(options).rsplit(".", 1)[-1]
+    dask = beam_options.is_dask(options)
 
     counts = contract.default_counts(args.size)
     for split in contract.SPLITS:
@@ -295,7 +296,7 @@ def main(argv=None):
     # The workers the shards are planned for: a local runner's processes, a Dask cluster's threads (asked of its
     # scheduler, which also shows it answers). A remote runner such as Dataflow scales by itself.
     num_workers = beam_options.local_workers(options)
-    if beam_options.is_dask(options):
+    if dask:
         num_workers = beam_options.dask_cluster_threads(options)
     bytes_per_example = records.mean_record_bytes(args.seed, args.size)
     shard_config = tfds.download.DownloadConfig(num_shards=args.num_shards).get_shard_config()
@@ -335,7 +336,7 @@ def main(argv=None):
         num_workers=num_workers,
     )
     formats = " and ".join(args.file_format)
-    where = f" at {beam_options.dask_address(options) or 'a local cluster'}" if beam_options.is_dask(options) else ""
+    where = f" at {beam_options.dask_address(options) or 'a local cluster'}" if dask else ""
     cli.log(
         PROG, f"building {contract.full_name(args.size)} ({describe(wanted)}) as {formats} with {runner_name}{where}"
     )
@@ -358,7 +359,8 @@ def main(argv=None):
             progress = ProgressReporter(progress_folder, counts) if progress_folder else contextlib.nullcontext()
             with (
                 # First: every thread started from here on (the progress reporter's too) leaves the signals to it.
-                local_runner.signals_stop_workers(kill_workers=not beam_options.is_dask(options)),
+                local_runner.signals_stop_workers(kill_workers=not dask),
+                local_runner.workers_stderr_aside() if num_workers and not dask else contextlib.nullcontext(),
                 beam_options.local_dask_cluster(beam_args, options, num_workers) as run_options,
                 progress,
                 contextlib.redirect_stdout(io.StringIO()),  # TFDS prints "Downloading and preparing..." there
@@ -372,7 +374,7 @@ def main(argv=None):
                 f"no space left on the device writing {folder}; nothing was kept: free some space and run the "
                 "same command again"
             ) from None
-        if beam_options.is_dask(options) and cluster_failure(error):
+        if dask and cluster_failure(error):
             problem = " ".join(str(error).split())[:300] or type(error).__name__
             raise cli.FaultError(
                 f"the Dask cluster at {beam_options.dask_address(options) or 'localhost'} could not finish the job "
@@ -473,5 +475,11 @@ def summarize(builder, seconds: float):
 
 
 if __name__ == "__main__":
-    # Errors leave through SystemExit with Python's usual teardown; a finished build ends at once.
-    cli.exit_at_once(cli.run_main(PROG, main))
+    # Every outcome ends at once, once its line is printed: what the build wrote is closed or deleted by then, and
+    # after an interrupt the local runner's threads still wait for the workers it lost (Python's teardown would
+    # wait for them in turn).
+    try:
+        exit_code = cli.run_main(PROG, main)
+    except SystemExit as leaving:
+        exit_code = leaving.code
+    cli.exit_at_once(exit_code or 0)

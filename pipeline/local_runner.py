@@ -4,7 +4,8 @@ Beam's local runner starts its worker processes in the terminal's foreground gro
 reach each of them, and each would print its own traceback. signals_stop_workers keeps the signals
 from them and stops them itself; the command then unwinds as usual (TFDS deletes its incomplete
 folder), prints one line and exits 130 or 143. A job on a cluster (Dask) is cancelled by the
-builder as the interrupt unwinds through it.
+builder as the interrupt unwinds through it. workers_stderr_aside keeps the workers' own
+tracebacks off the terminal.
 """
 
 from __future__ import annotations
@@ -14,8 +15,15 @@ import logging
 import os
 import select
 import signal
+import sys
+import tempfile
 import threading
 import time
+
+from pipeline import cli
+
+# Sent by the watcher of signals_stop_workers to the main thread, to raise there the signal it took.
+WAKE_SIGNAL = signal.SIGUSR1
 
 
 def process_status(pid) -> list[str] | None:
@@ -68,8 +76,15 @@ def signals_stop_workers(kill_workers: bool = True):
     notes it for the main thread, stuck in the runner until the job ends: the watcher sees it on the
     wakeup fd. It kills the workers (their half-written files are in TFDS's incomplete folder, which
     the unwinding deletes), then raises the signal in the main thread.
+
+    Raised by WAKE_SIGNAL, sent to the main thread alone: the runner's main thread waits without a
+    timeout for the killed workers' answers, a wait that only a signal delivered to it can break
+    (Beam's local runner never learns that its worker processes died).
     """
     watched = {signal.SIGINT, signal.SIGTERM}
+    taken: list[int] = []
+    main_thread = threading.get_ident()
+    previous_wake = signal.signal(WAKE_SIGNAL, lambda number, frame: cli.raise_interrupted(taken[0], frame))
     noted, note = os.pipe()
     os.set_blocking(note, False)
     previous_wakeup = signal.set_wakeup_fd(note, warn_on_full_buffer=False)
@@ -101,9 +116,8 @@ def signals_stop_workers(kill_workers: bool = True):
                     with contextlib.suppress(ChildProcessError, OSError):
                         os.waitpid(pid, os.WNOHANG)
                 time.sleep(0.05)
-            import _thread
-
-            _thread.interrupt_main(signal_number)
+            taken.append(signal_number)
+            signal.pthread_kill(main_thread, WAKE_SIGNAL)
             return
 
     watcher = threading.Thread(target=watch, name="signal-watcher", daemon=True)
@@ -115,5 +129,30 @@ def signals_stop_workers(kill_workers: bool = True):
         watcher.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         signal.set_wakeup_fd(previous_wakeup)
+        signal.signal(WAKE_SIGNAL, previous_wake)
         os.close(noted)
         os.close(note)
+
+
+@contextlib.contextmanager
+def workers_stderr_aside():
+    """Beam's local worker processes write their stderr into a temporary file; this process's own lines still
+    reach the terminal.
+
+    A Beam SDK worker prints the traceback of every bundle that fails to the stderr it inherits from this
+    process (one per worker, for a full disk), and Beam has no option against it. The runner raises the same
+    error here, which the command reports in one line.
+    """
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    previous = sys.stderr
+    with tempfile.TemporaryFile() as aside:
+        os.dup2(aside.fileno(), 2)
+        sys.stderr = open(terminal, "w", buffering=1, closefd=False, encoding=previous.encoding, errors="replace")  # noqa: SIM115
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            sys.stderr = previous
+            os.dup2(terminal, 2)
+            os.close(terminal)

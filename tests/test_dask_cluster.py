@@ -138,6 +138,17 @@ def test_a_build_on_the_cluster_is_byte_identical_to_the_default_runners_with_ev
     assert sum(shards.values()) == 3 * 4 and len(shards) == 2, shards
 
 
+def test_without_an_address_a_cluster_is_started_here_for_the_run_and_closed(default_build, tmp_path):
+    result = run_command(*generate_args(tmp_path, SETTINGS, extra=["--runner=DaskRunner", "--num_shards=4"]))
+    assert result.returncode == 0, result.stderr
+    assert "with DaskRunner at a local cluster" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("[pipeline.generate] done: 10,000 examples")
+    assert "Warning" not in result.stderr and "Traceback" not in result.stderr
+    assert files(dataset(tmp_path, 8)) == default_build
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "multiprocessing" not in processes  # the local cluster's worker processes, and their resource tracker
+
+
 def wait_until_writing(process, config_folder, timeout=120):
     deadline = time.monotonic() + timeout
     while not list(config_folder.glob("incomplete.*/.*.incomplete-*")) and time.monotonic() < deadline:
