@@ -441,7 +441,10 @@ def dry_run_job(args, options, runner_name, counts, num_shards, needed, folder, 
     if beam_options.runner_name(options) not in beam_options.LOCAL_RUNNERS and not beam_options.is_dask(options):
         import apache_beam as beam
 
-        write = transforms.WriteShards(plans, args.seed, args.size, os.path.join(folder, "shards.json"))
+        from pipeline.moving_line import moving_line_dataset_builder as dataset_builder
+
+        written = os.path.join(folder, dataset_builder.WRITTEN_SHARDS_FOLDER)
+        write = transforms.WriteShards(plans, args.seed, args.size, written)
         try:
             with beam.Pipeline(options=options) as pipeline:
                 _ = pipeline | "WriteShards" >> write
