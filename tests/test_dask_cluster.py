@@ -139,14 +139,20 @@ def test_a_build_on_the_cluster_is_byte_identical_to_the_default_runners_with_ev
 
 
 def test_without_an_address_a_cluster_is_started_here_for_the_run_and_closed(default_build, tmp_path):
-    result = run_command(*generate_args(tmp_path, SETTINGS, extra=["--runner=DaskRunner", "--num_shards=4"]))
-    assert result.returncode == 0, result.stderr
-    assert "with DaskRunner at a local cluster" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("[pipeline.generate] done: 10,000 examples")
-    assert "Warning" not in result.stderr and "Traceback" not in result.stderr
+    args = generate_args(tmp_path, SETTINGS, extra=["--runner=DaskRunner", "--num_shards=4"])
+    process = start_generate(args)  # a session of its own: what it starts stays in it, orphaned or not
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "with DaskRunner at a local cluster" in stderr
+    assert stderr.strip().splitlines()[-1].startswith("[pipeline.generate] done: 10,000 examples")
+    assert "Warning" not in stderr and "Traceback" not in stderr
     assert files(dataset(tmp_path, 8)) == default_build
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "multiprocessing" not in processes  # the local cluster's worker processes, and their resource tracker
+    time.sleep(1)
+    listing = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout
+    # The local cluster's processes (workers, resource tracker) ended with it; zombies have ended too (where PID 1
+    # reaps no orphans, a container's, they stay listed).
+    left = [line for line in listing.splitlines() if line.split()[0] == str(process.pid) and line.split()[1][0] != "Z"]
+    assert not left
 
 
 def wait_until_writing(process, config_folder, timeout=120):
