@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import socket
@@ -32,6 +33,8 @@ GRACE_SECONDS = 8.0
 # The supervisor allows the child its grace period and a little more to save and exit.
 SUPERVISOR_GRACE_SECONDS = GRACE_SECONDS + 1.5
 READY_FD_VARIABLE = "MOVING_LINE_TRAINER_READY_FD"
+# The training child's stderr is a pipe to its supervisor: this says whether the supervisor's is a terminal.
+TERMINAL_VARIABLE = "MOVING_LINE_TRAINER_STDERR_IS_A_TERMINAL"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Whether this process is the training child of supervise() (read at start: the variable is then removed).
 SUPERVISED = READY_FD_VARIABLE in os.environ
@@ -109,7 +112,7 @@ def leave_cluster(chief: bool, peer_addresses, exit_code: int):
     sys.stderr.flush()
     if chief:
         deadline = time.monotonic() + LEAVE_SECONDS
-        while time.monotonic() < deadline and any(_listening(address) for address in peer_addresses):
+        while time.monotonic() < deadline and any(listening(address) for address in peer_addresses):
             time.sleep(0.1)
     os._exit(exit_code)
 
@@ -141,18 +144,38 @@ def supervise(prog: str, argv: list[str], peer_wait_seconds: float, peers: dict[
     for number in STOP_SIGNALS:
         signal.signal(number, lambda signal_number, frame: received.append(signal_number))
     ready_read, ready_write = os.pipe()
+    terminal = {TERMINAL_VARIABLE: "1"} if sys.stderr.isatty() else {}
     child = subprocess.Popen(
         [sys.executable, "-m", "trainer.task", *argv],
-        env={**os.environ, READY_FD_VARIABLE: str(ready_write)},
+        env={**os.environ, READY_FD_VARIABLE: str(ready_write), **terminal},
         pass_fds=(ready_write,),
         preexec_fn=_die_with_parent,
+        stderr=subprocess.PIPE,
     )
     os.close(ready_write)
+    relay = threading.Thread(target=relay_stderr, args=(child.stderr, sys.stderr, prog), daemon=True)
+    relay.start()
+
+    def say(message: str):
+        """This worker's last line, after every line of its (ended) training process."""
+        relay.join(timeout=5)
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+
     deadline = time.monotonic() + peer_wait_seconds
     ready, forwarded, stop_deadline = False, 0, None
     while True:
         code = child.poll()
+        if code is not None and code < 0 and not received:
+            # Killed from outside (the out-of-memory killer sends SIGKILL): the child could say nothing itself.
+            name = signal.Signals(-code).name
+            say(
+                f"the training process of {describe_self} (pid {child.pid}) was killed by {name}"
+                f"{' (as the out-of-memory killer does)' if -code == signal.SIGKILL else ''}; start every worker "
+                "again with the same command to resume from the last checkpoint"
+            )
+            return cli.interrupted_exit(-code)
         if code is not None:
+            relay.join(timeout=5)
             return code if code >= 0 else cli.interrupted_exit(-code)
         if not ready:
             readable, _, _ = select.select([ready_read], [], [], 0.2)
@@ -160,23 +183,18 @@ def supervise(prog: str, argv: list[str], peer_wait_seconds: float, peers: dict[
             if received and not ready:
                 _end(child)
                 name = signal.Signals(received[0]).name
-                print(
-                    f"{prog}: error: stopped by {name} while waiting for the other workers; nothing was "
-                    "written; run the same command again",
-                    file=sys.stderr,
-                    flush=True,
+                say(
+                    f"stopped by {name} while waiting for the other workers; nothing was written; "
+                    "run the same command again"
                 )
                 return cli.interrupted_exit(received[0])
             if not ready and time.monotonic() > deadline:
                 _end(child)
-                missing = [f"{name} ({address})" for name, address in peers.items() if not _listening(address)]
-                print(
-                    f"{prog}: error: {describe_self} waited {peer_wait_seconds:g} s for the other workers of "
-                    f"TF_CONFIG; {'no answer from ' + ', '.join(missing) if missing else 'they did not all join'}; "
-                    "start the same command on every worker (each with its own TF_CONFIG), or raise "
-                    "peer_wait_seconds",
-                    file=sys.stderr,
-                    flush=True,
+                missing = [f"{name} ({address})" for name, address in peers.items() if not listening(address)]
+                say(
+                    f"{describe_self} waited {peer_wait_seconds:g} s for the other workers of TF_CONFIG; "
+                    f"{'no answer from ' + ', '.join(missing) if missing else 'they did not all join'}; "
+                    "start the same command on every worker (each with its own TF_CONFIG), or raise peer_wait_seconds"
                 )
                 return cli.FAULT_EXIT
             continue
@@ -188,15 +206,45 @@ def supervise(prog: str, argv: list[str], peer_wait_seconds: float, peers: dict[
         if stop_deadline and time.monotonic() > stop_deadline:
             _end(child)
             name = signal.Signals(received[0]).name
-            print(
-                f"{prog}: error: stopped by {name}; the training process did not stop in time and was ended; "
-                "run the same command again to resume from its last checkpoint",
-                file=sys.stderr,
-                flush=True,
+            say(
+                f"stopped by {name}; the training process did not stop in time and was ended; "
+                "run the same command again to resume from its last checkpoint"
             )
             return cli.interrupted_exit(received[0])
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=0.2)
+
+
+# TensorFlow's distributed runtime (collectives, the coordination service, gRPC) logs each lost or stopped
+# peer in C++ ERROR lines of several lines each; the worker's own last line says the same in words.
+DISTRIBUTED_RUNTIME_SOURCES = re.compile(r"collective|ring_alg|coordination|grpc|rendezvous")
+
+
+def relay_stderr(source, destination, prog: str):
+    """Copies the training process's stderr to the supervisor's, less the distributed runtime's C++ log lines
+    (each with the lines that continue it); TF_CPP_MIN_LOG_LEVEL=0 keeps them all. A progress line redrawn in
+    place (it starts with a carriage return) is passed on at once."""
+    keep_all = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0"
+    own = (f"[{prog}]", f"{prog}: ", "Traceback")
+    pending, dropping = b"", False
+    while chunk := os.read(source.fileno(), 1 << 16):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", errors="replace")
+            log_line = cli.CPP_LOG_LINE.match(text)
+            if log_line:
+                dropping = not keep_all and bool(DISTRIBUTED_RUNTIME_SOURCES.search(log_line.group(2)))
+            elif text.lstrip("\r").startswith(own):
+                dropping = False
+            if not dropping:
+                destination.write(text + "\n")
+        if pending.startswith(b"\r"):
+            destination.write(pending.decode("utf-8", errors="replace"))
+            pending = b""
+        destination.flush()
+    if pending and not dropping:
+        destination.write(pending.decode("utf-8", errors="replace"))
+        destination.flush()
 
 
 def _end(child: subprocess.Popen):
@@ -204,7 +252,8 @@ def _end(child: subprocess.Popen):
     child.wait()
 
 
-def _listening(address: str) -> bool:
+def listening(address: str) -> bool:
+    """Whether something accepts a connection at host:port (a worker's server is up)."""
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
