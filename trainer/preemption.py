@@ -11,7 +11,10 @@ lock, where no signal handler and no timeout can run; TensorFlow's coordination 
 SIGTERM for itself. So with TF_CONFIG, trainer.task runs the training in a child process and watches it
 (supervise): until the child reports that every worker has joined, a signal or peer_wait_seconds ends the
 child at once (nothing is written before that); afterwards signals are passed on to the child, which
-stops as above, and the child is ended if it is not gone within the grace period.
+stops as above, and the child is ended if it is not gone within the grace period. The supervisor
+relays the child's stderr, less the C++ error lines in which TensorFlow's distributed runtime reports a
+lost peer, and says so when the child is killed by a signal it did not pass on (the out-of-memory killer's
+SIGKILL): every worker ends with one line of its own.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ TensorBoard logs to AIP_TENSORBOARD_LOG_DIR when those are set. --tf_data_servic
 tf.data service (python -m trainer.data_service) make the training batches.
 
 Running the same command again resumes a stopped or killed run exactly where its last checkpoint
-stands and does nothing once the run has finished; a MODEL_DIR holding a run with a different config
-is refused. SIGTERM or Ctrl-C: the step in progress finishes, a checkpoint is saved, and the command
-exits with 143 or 130 (see trainer.preemption).
+stands and does nothing once the run has finished; a MODEL_DIR holding a run with a different config,
+or checkpoints of another dataset, is refused, and so is a MODEL_DIR another live run holds (one writer
+per MODEL_DIR: trainer.model_dir_lock). SIGTERM or Ctrl-C: the step in progress finishes, a checkpoint
+is saved, and the command exits with 143 or 130 (see trainer.preemption).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def main(argv=None):
         data_service.check_dispatcher(args.tf_data_service)
     paths = outputs.output_paths(args.model_dir)
     if cluster is None or cluster.is_chief:
-        model_dir_lock.refuse_if_held(paths.model_dir)  # the holder first: what model_dir holds is its business
+        # A live run's hold first: what the folder holds is that run's, still changing.
+        model_dir_lock.refuse_if_held(paths.model_dir)
     state = outputs.check_model_dir(paths, config)
     if state == "finished":
         log(f"{paths.model_dir} already holds this run, trained and exported; nothing to do")
