@@ -105,10 +105,10 @@ def measure(args, data_dir: str, work: str) -> int:
     for repeat in range(args.repeats):
         start = time.perf_counter()
         folder = checkpoints.save(loop.checkpoint, loop.paths.checkpoints, checkpoints.Progress(repeat + 1), config,
-                                  keep=1)  # fmt: skip
+                                  loop.dataset, keep=1)  # fmt: skip
         writes.append(time.perf_counter() - start)
         start = time.perf_counter()
-        checkpoints.restore_latest(loop.checkpoint, loop.paths.checkpoints, config, log=print)
+        checkpoints.restore_latest(loop.checkpoint, loop.paths.checkpoints, config, loop.dataset, log=print)
         restores.append(time.perf_counter() - start)
     size = sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
     results["checkpoint"] = {"bytes": size, "write_s": round(statistics.median(writes), 3),
@@ -131,7 +131,8 @@ def measure(args, data_dir: str, work: str) -> int:
                 with open(os.path.join(model_dir, "config.yaml"), "w") as copy:
                     copy.write(file.read())
             checkpoints.save(prepared.checkpoint, prepared.paths.checkpoints,
-                             checkpoints.Progress(step, step // steps_per_epoch), config, keep=1)  # fmt: skip
+                             checkpoints.Progress(step, step // steps_per_epoch), config, prepared.dataset,
+                             keep=1)  # fmt: skip
         end_to_end[name] = round(seconds_to_first_step(config_path, data_dir, model_dir), 2)
         print(f"  trainer.task from its start to its first step, {name}: {end_to_end[name]:.2f} s", flush=True)
     results["trainer_first_step_s"] = end_to_end

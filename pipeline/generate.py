@@ -411,6 +411,14 @@ def existing_build(folder: str, wanted: dict, args) -> str | None:
         )
     formats = contract.ordered_formats([info.get("fileFormat", "tfrecord"), *info.get("alternativeFileFormats", [])])
     missing = [name for name in args.file_format if name not in formats]
+    if missing and "tfrecord" in missing:
+        # tfds convert_format reads its input with tf.data, which reads no ArrayRecord (TFDS 4.9.10): it
+        # writes nothing, and exits 0 unless run with --num_workers=1.
+        raise cli.UsageError(
+            f"{folder} holds this dataset as {' and '.join(formats)}, without {' and '.join(missing)}, which "
+            "`tfds convert_format` cannot make from ArrayRecord; delete the folder and generate again with "
+            f"--file_format {','.join(contract.ordered_formats([*formats, *missing]))}"
+        )
     if missing:
         raise cli.UsageError(
             f"{folder} holds this dataset as {' and '.join(formats)}, without {' and '.join(missing)}; add it with "

@@ -2,6 +2,9 @@
 import this project; the same decoded examples in both formats, exactly the generator's."""
 
 import json
+import re
+import shlex
+import shutil
 
 import pytest
 from conftest import generate_args, run_command
@@ -144,11 +147,11 @@ PROBE_TRAINER = """
 import sys
 from pipeline import cli
 from trainer import input_pipeline
-sys.exit(cli.run_main("probe", lambda argv: input_pipeline.load_builder(sys.argv[1], int(sys.argv[2]))))
+sys.exit(cli.run_main("probe", lambda argv: input_pipeline.load_builder(sys.argv[1], int(sys.argv[2])) and 0))
 """
 
 
-def test_array_record_alone_serves_random_access_and_the_trainer_refuses_it_in_one_line(tmp_path):
+def test_array_record_alone_serves_random_access_and_the_trainer_refuses_it_with_advice_that_works(tmp_path):
     run_command(*generate_args(tmp_path, SETTINGS, extra=["--file_format=array_record"]), check=True)
     script = READ_RANDOM_ACCESS.replace("tfrecord = [digest", "tfrecord = None and [digest")
     result = run_command("-c", script, str(tmp_path), contract.full_name(SETTINGS["size"]), check=True)
@@ -160,3 +163,21 @@ def test_array_record_alone_serves_random_access_and_the_trainer_refuses_it_in_o
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("probe: error:") and "holds no TFRecord files" in last
     assert "Traceback" not in result.stderr
+
+    # pipeline.generate does not point at tfds convert_format either (it writes nothing from ArrayRecord).
+    added = run_command(*generate_args(tmp_path, SETTINGS, extra=["--file_format=tfrecord"]))
+    assert added.returncode == 2 and "cannot make from ArrayRecord" in added.stderr.strip().splitlines()[-1]
+
+    # The advice, followed to the letter: delete the folder it names, run the command it gives.
+    folder = contract.dataset_folder(str(tmp_path), SETTINGS["size"])
+    assert "`tfds convert_format` cannot make them" in last and f"delete {folder} and build it again" in last
+    command = re.search(r"`(python -m pipeline\.generate [^`]+)`", last).group(1)
+    shutil.rmtree(folder)
+    rebuilt = run_command(*shlex.split(command)[1:])
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    result = run_command("-c", PROBE_TRAINER, str(tmp_path), str(SETTINGS["size"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The same examples as before, now in both formats.
+    result = run_command("-c", READ_RANDOM_ACCESS, str(tmp_path), contract.full_name(SETTINGS["size"]), check=True)
+    read = json.loads(result.stdout.strip().splitlines()[-1])
+    assert read["by_index"] == read["tfrecord"] == expected_digests(SETTINGS)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -206,6 +207,10 @@ BAD_INPUTS = [
     ("trainer.evaluate", ["--batch_size=0"], "--batch_size: expected a number >= 1"),
     ("trainer.evaluate", ["--data_dir={root}/missing"], "no moving_line/size_8 dataset in --data_dir"),
     ("trainer.evaluate", ["--data_dir={no_validation}", "--split=validation"], "has no validation split"),
+    ("trainer.export", ["--model_dir={root}/missing"], "--model_dir {root}/missing: no such folder"),
+    ("trainer.export", ["--model_dir={root}/occupied"], "holds no checkpoint to export"),
+    ("trainer.export", ["--export_dir={root}/a_file"], "--export_dir {root}/a_file is a file"),
+    ("trainer.export", ["--export_dir={root}/missing/export"], "its folder {root}/missing does not exist"),
     ("trainer.predict", ["--input={root}/missing.npy"], "--input {root}/missing.npy: no such file"),
     ("trainer.predict", ["--input={root}/notes.txt"], "not a .npy or .npz file"),
     ("trainer.predict", ["--input={root}/no_video.npz"], "it needs an array named 'video'"),
@@ -276,9 +281,9 @@ BAD_INPUTS = [
     ("pipeline.show", ["--data_dir={data}", "--num=1000", "--out={root}/many.png"], "interrupted by SIGTERM",
      {"exit": 143, "signal": signal.SIGTERM, "after_file": "{root}/many.png.partial.png", "again": True}),
     ("trainer.data_service", ["dispatcher", "--port=0"], "[trainer.data_service] stopped by SIGTERM",
-     {"exit": 0, "signal": signal.SIGTERM, "after": "dispatcher listening on port"}),
+     {"exit": 0, "signal": signal.SIGTERM, "after": "dispatcher up, listening on port"}),
     ("trainer.data_service", ["dispatcher", "--port=0"], "[trainer.data_service] stopped by SIGINT",
-     {"exit": 0, "signal": signal.SIGINT, "after": "dispatcher listening on port"}),
+     {"exit": 0, "signal": signal.SIGINT, "after": "dispatcher up, listening on port"}),
 ]  # fmt: skip
 # What each command needs besides the case's own flags (a case's flag replaces the default one).
 DEFAULT_FLAGS = {
@@ -287,6 +292,7 @@ DEFAULT_FLAGS = {
     "trainer.task": ["--config=configs/smoke.yaml", "--data_dir={data}", "--model_dir={root}/new_model"],
     "trainer.evaluate": ["--model_dir={model}", "--data_dir={data}"],
     "trainer.predict": ["--model={model}"],
+    "trainer.export": ["--model_dir={model}"],
     "trainer.data_service": [],
 }
 
@@ -661,6 +667,9 @@ def test_a_whole_run_prints_only_the_commands_own_lines_and_writes_only_into_its
     ]
     print(f"{len(others)} of {len(lines)} lines are not the commands' own")
     assert others == [], "\n".join(others)
+    # The TensorBoard hint is a command that works when pasted, spaces and all.
+    (hint,) = [line for line in lines if "(tensorboard --logdir " in line]
+    assert shlex.split(hint.split("(", 1)[1].rstrip(")")) == ["tensorboard", "--logdir", str(work / "model" / "logs")]
     assert sum(bool(PREDICTION.match(line)) for line in result.stdout.splitlines()) == 5
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, SMALL, generate_args, run_command
 
 FAULTS = os.path.join(REPO, "tests", "fault_injection")
 # 3 epochs of 20 steps, a checkpoint every 5 steps (and each epoch), 2 validation steps: checkpoints at
@@ -247,8 +247,72 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_free
     assert code == 1 and "Traceback" not in log, log[-3000:]
     line = log.strip().splitlines()[-1]
     assert line.startswith("trainer.task: error: no space left on the device writing ") and "free some space" in line
+    # A checkpoint whose write failed is removed whole: no empty step folder, no TensorFlow ckpt_temp left.
+    steps = list((model_dir / "checkpoints" / "state").glob("step_*"))
+    assert all((step / "manifest.json").is_file() for step in steps), [sorted(os.listdir(s)) for s in steps]
+    assert not list(model_dir.rglob("ckpt_temp"))
     ballast.unlink()
     code, log = train("one_device", model_dir, one_device["data"])[0]
     assert code == 0, log[-3000:]
     assert fingerprint(log) == one_device["fingerprint"]
     assert not [path for path in model_dir.rglob("*") if ".partial" in path.name]
+
+
+def wait_for_line(log_path: Path, text: str, process, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while text not in log_path.read_text():
+        if time.monotonic() > deadline or process.poll() is not None:
+            pytest.fail(f"no {text!r} in {log_path}:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def test_a_second_run_on_a_model_dir_a_live_run_holds_is_refused_and_a_killed_holders_hold_is_taken_over(
+    one_device,
+):
+    model_dir = one_device["root"] / "held"
+    ((first, log),) = start("one_device", model_dir, one_device["data"])
+    try:
+        wait_for_line(Path(log.name), "first step of this run", first)
+        code, second_log = train("one_device", model_dir, one_device["data"], "--set", "learning_rate=0.003")[0]
+        assert code == 2 and "Traceback" not in second_log, second_log[-3000:]
+        line = second_log.strip().splitlines()[-1]
+        assert line.startswith(f"trainer.task: error: --model_dir {model_dir} is in use by trainer.task (pid "
+                               f"{first.pid} on {socket.gethostname()}, since "), line  # fmt: skip
+        while not list(model_dir.rglob("manifest.json")):
+            assert first.poll() is None, Path(log.name).read_text()[-3000:]
+            time.sleep(0.05)
+        first.kill()  # as the out-of-memory killer does: no clean-up at all
+    finally:
+        finish([(first, log)], timeout=0)
+    assert "learning_rate: 0.01" in (model_dir / "config.yaml").read_text()  # the second run wrote nothing
+
+    code, log = train("one_device", model_dir, one_device["data"])[0]
+    assert code == 0, log[-3000:]
+    assert re.search(r"resuming at step \d+ of 60", log)
+    assert fingerprint(log) == one_device["fingerprint"]
+
+
+def test_a_resume_on_another_dataset_is_refused_saying_what_differs_and_changed_runtime_keys_are_said(
+    one_device, tmp_path
+):
+    model_dir = one_device["root"] / "bound"
+    killed = train("one_device", model_dir, one_device["data"], fault="train_step:12")
+    assert killed[0][0] == -signal.SIGKILL
+    # The same size and seed, more training examples: what was seen silently resume before.
+    bigger = tmp_path / "bigger"
+    run_command(*generate_args(bigger, {**SMALL, "num_train": 1536}), check=True)
+    code, log = train("one_device", model_dir, bigger)[0]
+    assert code == 2 and "Traceback" not in log, log[-3000:]
+    line = log.strip().splitlines()[-1]
+    assert line.startswith("trainer.task: error: the checkpoint ") and "was written by a run on another dataset " \
+        "(train examples 1,024 -> 1,536); give the --data_dir of that run" in line, line  # fmt: skip
+
+    # A runtime key that changes the arithmetic is allowed on resume, and said (the rerun is killed at once).
+    code, log = train("one_device", model_dir, one_device["data"], "--set", "xla_layers=false",
+                      fault="train_step:1")[0]  # fmt: skip
+    assert code == -signal.SIGKILL
+    assert "resuming with runtime settings changed since the checkpoint: xla_layers: True -> False; xla_layers " \
+        "changes the arithmetic or the records read" in log, log[-3000:]  # fmt: skip
+    code, log = train("one_device", model_dir, one_device["data"])[0]
+    assert code == 0 and "resuming at step 10 of 60" in log, log[-3000:]
+    assert fingerprint(log) == one_device["fingerprint"]

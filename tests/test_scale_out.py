@@ -13,6 +13,8 @@ import time
 import pytest
 from conftest import REPO, SMALL, run_command
 
+from pipeline import cli
+
 
 def test_the_dataflow_job_builds_offline_with_dry_run(tmp_path):
     result = run_command(
@@ -93,9 +95,9 @@ def stop(processes):
         process.wait(timeout=30)
 
 
-def start_workers(data_dir, model_dir, logs_dir, *extra):
+def start_workers(data_dir, model_dir, logs_dir, *extra, addresses=None):
     """Two trainer.task workers with TF_CONFIG on 127.0.0.1, sharing model_dir (as they would share gs://)."""
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    addresses = addresses or [f"127.0.0.1:{free_port()}" for _ in range(2)]
     workers = []
     for index in range(2):
         tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
@@ -136,22 +138,56 @@ def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(small_
         assert "Traceback" not in log and "E0000" not in log.split("first step of this run")[-1], log[-3000:]
 
 
-def test_a_killed_worker_fails_the_job_within_a_bounded_time_and_a_rerun_resumes(small_data_dir, tmp_path):
+def training_process(supervisor: subprocess.Popen) -> int:
+    """The pid of the training process a worker's trainer.task runs (its one child)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children") as children:
+            found = children.read().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.1)
+    raise AssertionError(f"trainer.task {supervisor.pid} started no training process")
+
+
+def test_a_worker_whose_training_process_is_killed_says_so_the_other_names_it_and_a_rerun_resumes(
+    small_data_dir, tmp_path
+):
+    from trainer import model_dir_lock
+
     model_dir = tmp_path / "model"
     longer = ["--set", "epochs=3", "--set", "steps_per_epoch=150"]
     (tmp_path / "first").mkdir()
-    workers = start_workers(small_data_dir, model_dir, tmp_path / "first", *longer)
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    workers = start_workers(small_data_dir, model_dir, tmp_path / "first", *longer, addresses=addresses)
     try:
         wait_for(tmp_path / "first" / "worker_0.log", r"\] epoch 1/3: ", workers, timeout=240)
-        workers[1].send_signal(signal.SIGKILL)
+        # The job holds its model_dir once, in the chief's training process.
+        with pytest.raises(cli.UsageError, match=f"is in use by trainer.task \\(pid {training_process(workers[0])} "):
+            model_dir_lock.refuse_if_held(str(model_dir))
+        killed_pid = training_process(workers[1])
+        os.kill(killed_pid, signal.SIGKILL)  # as the out-of-memory killer does
         killed = time.monotonic()
         assert workers[0].wait(timeout=120) == 1
         seconds = time.monotonic() - killed
+        assert workers[1].wait(timeout=30) == 128 + signal.SIGKILL
     finally:
         stop(workers)
-    lines = (tmp_path / "first" / "worker_0.log").read_text().strip().splitlines()
-    assert lines[-1].startswith("trainer.task: error: lost contact with another worker"), lines[-5:]
-    print(f"worker 0 stopped {seconds:.1f} s after worker 1 was killed")
+    logs = [(tmp_path / "first" / f"worker_{index}.log").read_text() for index in range(2)]
+    assert logs[1].strip().splitlines()[-1] == (
+        f"trainer.task: error: the training process of worker 1 (pid {killed_pid}) was killed by SIGKILL (as the "
+        "out-of-memory killer does); start every worker again with the same command to resume from the last checkpoint"
+    )
+    assert (
+        logs[0]
+        .strip()
+        .splitlines()[-1]
+        .startswith(f"trainer.task: error: lost contact with worker 1 ({addresses[1]}) (UnavailableError) at step ")
+    )
+    for log in logs:  # one line of its own each, no gRPC or absl lines
+        assert "E0000" not in log and "Traceback" not in log, log[-3000:]
+        assert all(line.startswith("[trainer.task] ") for line in log.strip().splitlines()[:-1]), log[-3000:]
+    print(f"worker 0 stopped {seconds:.1f} s after worker 1's training process was killed")
 
     # The same commands again: both resume from the chief's checkpoint of epoch 1 (or later) and finish.
     (tmp_path / "again").mkdir()
@@ -235,7 +271,10 @@ def test_the_trainer_reads_its_batches_from_a_tf_data_service_on_localhost(small
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         for index in range(2):
-            assert "worker of dispatcher" in (tmp_path / f"worker_{index}.log").read_text()
+            assert (
+                "worker up on a free port, serving the dispatcher at localhost:"
+                in (tmp_path / f"worker_{index}.log").read_text()
+            )
     finally:
         stop(servers)
     assert f"training batches come from the tf.data service at grpc://localhost:{port}" in result.stderr
@@ -275,3 +314,37 @@ def test_each_worker_reads_its_own_share_of_a_split_in_per_replica_batches(small
     whole = example_keys(input_pipeline.evaluation_dataset(builder, "validation", settings).as_numpy_iterator())
     assert len(shares[0]) == len(shares[1]) == SMALL["num_validation"] // 2
     assert sorted(shares[0] + shares[1]) == sorted(whole)
+
+
+LOST_PEER_OUTPUT = (
+    "[trainer.task] epoch 1/3: 150 steps in 28.3 s\n"
+    "E0000 00:00:1796236194.062990   17685 base_collective_executor.cc:252] BaseCollectiveExecutor::StartAbort "
+    "UNAVAILABLE: Error reported from /job:worker/task:1: The following tasks are unhealthy:\n"
+    "/job:worker/replica:0/task:1\n"
+    "The tasks have crashed. Check the task logs for an earlier error.\n"
+    "E0000 00:00:1796236194.063332   17685 ring_alg.cc:291] Aborting RingReduce with UNAVAILABLE\n"
+    "W0000 00:00:1796236194.063332   17685 some_kernel.cc:12] a real warning\n"
+    "\r[trainer.task] epoch 2/3: step 5/150"
+    "\rtrainer.task: error: lost contact with worker 1 (127.0.0.1:1) (UnavailableError) at step 150\n"
+)
+
+
+@pytest.mark.parametrize("level", ["2", "0"])
+def test_the_supervisor_relays_its_workers_lines_less_the_distributed_runtimes_errors(level, monkeypatch):
+    import io
+
+    from trainer import preemption
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    read_end, write_end = os.pipe()
+    os.write(write_end, LOST_PEER_OUTPUT.encode())
+    os.close(write_end)
+    relayed = io.StringIO()
+    with os.fdopen(read_end, "rb") as source:
+        preemption.relay_stderr(source, relayed, "trainer.task")
+    if level == "0":  # TF_CPP_MIN_LOG_LEVEL=0 shows every line
+        assert relayed.getvalue() == LOST_PEER_OUTPUT
+    else:
+        kept = [line for line in LOST_PEER_OUTPUT.split("\n") if line.startswith(("[", "W0000", "\r"))]
+        assert relayed.getvalue() == "\n".join(kept) + "\n"
+        assert "E0000" not in relayed.getvalue() and "The tasks have crashed" not in relayed.getvalue()

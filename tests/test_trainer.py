@@ -180,3 +180,52 @@ def test_a_tf_config_that_is_not_json_is_refused(small_data_dir, tmp_path):
     result = run_command(*train_command(small_data_dir, tmp_path / "model"), env={"TF_CONFIG": "worker 0"})
     assert error_line(result, "trainer.task").endswith("TF_CONFIG is not a JSON object; fix it or unset it")
     assert not (tmp_path / "model").exists()
+
+
+COMPARE_SAVED_MODELS = """
+import sys
+import numpy as np
+import tensorflow as tf
+videos = tf.constant(np.load(sys.argv[3]))
+outputs = [tf.saved_model.load(folder).signatures["serving_default"](video=videos) for folder in sys.argv[1:3]]
+print(float(np.max(np.abs(outputs[0]["probability_right"].numpy() - outputs[1]["probability_right"].numpy()))))
+"""
+
+
+def test_export_writes_a_runs_last_checkpoint_as_the_saved_model_the_run_exported(mirrored_run, tmp_path):
+    exported = tmp_path / "exported"
+    model_dir = str(mirrored_run["model_dir"])  # its checkpoints are in AIP_CHECKPOINT_DIR, as the run's were
+    result = run_command("-m", "trainer.export", "--model_dir", model_dir, "--export_dir", str(exported),
+                         env=mirrored_run["env"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"[trainer.export] exported the checkpoint of step 60 (3 epochs done) to {exported}"
+    ]
+    np.save(tmp_path / "videos.npy", generator.generate(21, "test", 0, 32, SMALL["size"])["video"])
+    compared = run_command(
+        "-c",
+        COMPARE_SAVED_MODELS,
+        str(mirrored_run["model_dir"] / "export"),
+        str(exported),
+        str(tmp_path / "videos.npy"),
+    )
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert float(compared.stdout.strip().splitlines()[-1]) < 1e-6
+
+
+def test_history_csv_has_unix_line_endings_and_counts_read_in_the_singular_for_one(mirrored_run):
+    from trainer import training_log
+
+    assert b"\r" not in (mirrored_run["model_dir"] / "history.csv").read_bytes()
+    assert [training_log.count(n, "epoch") for n in (0, 1, 2, 1024)] == ["0 epochs", "1 epoch", "2 epochs",
+                                                                           "1,024 epochs"]  # fmt: skip
+
+
+def test_export_says_what_to_do_without_tensorflows_start_up_lines(tmp_path):
+    result = run_command("-m", "trainer.export", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: trainer.export") and not result.stderr
+    result = run_command("-m", "trainer.export", "--model_dir", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"trainer.export: error: --model_dir {tmp_path} holds no checkpoint to export (no trainer.task run there got "
+        "that far)"
+    )

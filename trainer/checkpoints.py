@@ -59,20 +59,31 @@ def has_finished_checkpoint(checkpoints: str) -> bool:
     return any(tf.io.gfile.exists(os.path.join(folder, MANIFEST)) for _, folder in folders(checkpoints))
 
 
-def save(checkpoint: tf.train.Checkpoint, checkpoints: str, progress: Progress, config: dict, keep: int) -> str:
-    """Writes checkpoint at progress.step, then its manifest; removes all but the newest `keep` finished ones."""
+def save(
+    checkpoint: tf.train.Checkpoint, checkpoints: str, progress: Progress, config: dict, dataset: dict, keep: int
+) -> str:
+    """Writes checkpoint at progress.step, then its manifest; removes all but the newest `keep` finished ones.
+
+    dataset: what the run trains on (trainer.input_pipeline.describe_dataset), checked on resume.
+    """
     folder = os.path.join(state_folder(checkpoints), f"step_{progress.step:09d}")
     files.remove(folder)  # a write of this step cut short, or an older save of it
-    tf.io.gfile.makedirs(folder)
-    checkpoint.write(os.path.join(folder, PREFIX))
-    names = sorted(name for name in tf.io.gfile.listdir(folder) if name.startswith(PREFIX))
-    manifest = {
-        "format": FORMAT,
-        **dataclasses.asdict(progress),
-        "config": config,
-        "sha256": {name: files.sha256(os.path.join(folder, name)) for name in names},
-    }
-    files.write_atomically(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    try:
+        tf.io.gfile.makedirs(folder)
+        checkpoint.write(os.path.join(folder, PREFIX))
+        names = sorted(name for name in tf.io.gfile.listdir(folder) if name.startswith(PREFIX))
+        manifest = {
+            "format": FORMAT,
+            **dataclasses.asdict(progress),
+            "config": config,
+            "dataset": dataset,
+            "sha256": {name: files.sha256(os.path.join(folder, name)) for name in names},
+        }
+        files.write_atomically(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1) + "\n")
+    except Exception:
+        # A failed write (a full disk) would leave TensorFlow's temporary ckpt_temp folder: nothing usable.
+        files.remove(folder)
+        raise
     found = folders(checkpoints)
     finished = [step for step, old in found if tf.io.gfile.exists(os.path.join(old, MANIFEST))]
     oldest_kept = finished[keep - 1] if len(finished) >= keep else 0
@@ -104,12 +115,17 @@ def check(folder: str) -> tuple[dict | None, str | None]:
     return manifest, None
 
 
-def restore_latest(checkpoint: tf.train.Checkpoint, checkpoints: str, config: dict, log) -> Progress | None:
+def restore_latest(
+    checkpoint: tf.train.Checkpoint, checkpoints: str, config: dict, dataset: dict, log
+) -> Progress | None:
     """Restores the newest good checkpoint into checkpoint; its Progress, or None when there is none.
 
     Damaged or unfinished checkpoints newer than it are reported through log, one line each. A checkpoint
-    written with another config (runtime keys aside) is refused with a UsageError.
+    written with another config (runtime keys aside) or on another dataset is refused with a UsageError;
+    runtime keys that changed are logged, those that change the arithmetic or the data said to.
     """
+    from trainer import input_pipeline
+
     for _, folder in folders(checkpoints):
         manifest, problem = check(folder)
         if manifest is not None:
@@ -119,6 +135,14 @@ def restore_latest(checkpoint: tf.train.Checkpoint, checkpoints: str, config: di
                     f"the checkpoint {folder} was written by a run with another config ({'; '.join(changed)}); "
                     "use a new --model_dir (and checkpoint folder), or the config of that run"
                 )
+            # Checkpoints written before the dataset was recorded hold none: nothing to compare with.
+            changed = input_pipeline.dataset_differences(manifest["dataset"], dataset) if "dataset" in manifest else []
+            if changed:
+                raise cli.UsageError(
+                    f"the checkpoint {folder} was written by a run on another dataset ({'; '.join(changed)}); "
+                    "give the --data_dir of that run to resume it, or a new --model_dir to train on this one"
+                )
+            log_runtime_changes(manifest["config"], config, log)
             try:
                 checkpoint.read(os.path.join(folder, PREFIX)).assert_consumed()
             except (tf.errors.OpError, AssertionError, ValueError) as error:
@@ -128,3 +152,18 @@ def restore_latest(checkpoint: tf.train.Checkpoint, checkpoints: str, config: di
                 return Progress(manifest["step"], manifest["epochs_done"], sums)
         log(f"checkpoint {folder} is not usable: {problem}; trying the one before it")
     return None
+
+
+def log_runtime_changes(saved: dict, config: dict, log):
+    """One line naming the runtime keys that differ from the checkpoint's: a resume never changes silently."""
+    runtime = config_lib.differences(saved, config, ignore=set(config_lib.DEFAULTS) - config_lib.RUNTIME_KEYS)
+    if not runtime:
+        return
+    inexact = sorted(key for key in config_lib.INEXACT_RUNTIME_KEYS if saved.get(key) != config.get(key))
+    consequence = (
+        f"; {' and '.join(inexact)} change{'s' * (len(inexact) == 1)} the arithmetic or the records read, so the "
+        "run goes on but no longer ends with the weights of a run never stopped"
+        if inexact
+        else ""
+    )
+    log(f"resuming with runtime settings changed since the checkpoint: {'; '.join(runtime)}{consequence}")

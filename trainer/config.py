@@ -94,6 +94,10 @@ RUNTIME_KEYS = {
     "peer_wait_seconds",
 }
 
+# Runtime keys that change the arithmetic (the replicas, XLA) or the records read: a run resumed with another
+# value goes on, but no longer ends with the weights of a run never stopped (trainer.checkpoints says so).
+INEXACT_RUNTIME_KEYS = {"devices", "xla_layers", "logical_cpu_devices", "skip_corrupt_records"}
+
 POSITIVE_KEYS = {
     "size",
     "num_train",

@@ -9,10 +9,10 @@ The workers read, shuffle and decode the training data and send the trainer its 
 trainer's CPU only trains; each worker must reach --data_dir itself (same path or gs://). Both
 servers listen on the given port on every interface, with no authentication: keep them on a
 private network. --host is the name the trainer reaches a worker by. Port 0 picks a free port;
-the first line on stdout says which. A port already in use is refused. A worker waits up to
---dispatcher_timeout seconds for its dispatcher to answer, saying so, and once running says when it
-loses and regains contact with it. The server runs until stopped: Ctrl-C or SIGTERM stop it with
-one line and exit code 0.
+the line that says the server is up (on stderr, and on stdout when that is not a terminal) says which.
+A port already in use is refused. A worker waits up to --dispatcher_timeout seconds for its
+dispatcher to answer, saying so, and once running says when it loses and regains contact with it.
+The server runs until stopped: Ctrl-C or SIGTERM stop it with one line and exit code 0.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import errno
 import signal
 import socket
+import sys
 import time
 
 from pipeline import cli
@@ -143,14 +144,16 @@ def start(args):
             server = service.DispatchServer(service.DispatcherConfig(port=args.port))
             port = server.target.rsplit(":", 1)[1]
             return server, (
-                f"dispatcher listening on port {port}; trainers use --tf_data_service grpc://{args.host}:{port}"
+                f"dispatcher up, listening on port {port}; trainers use --tf_data_service grpc://{args.host}:{port}, "
+                f"workers --dispatcher {args.host}:{port}"
             )
         dispatcher = f"{args.dispatcher_host}:{args.dispatcher_port}"
         # %port% is filled in by the worker with the port it bound, so that port 0 works too.
         config = service.WorkerConfig(
             dispatcher_address=dispatcher, worker_address=f"{args.host}:%port%", port=args.port
         )
-        return service.WorkerServer(config), f"worker of dispatcher {dispatcher} started"
+        where = f"port {args.port}" if args.port else "a free port"
+        return service.WorkerServer(config), f"worker up on {where}, serving the dispatcher at {dispatcher}"
     except RuntimeError as error:  # the port was taken between the check and the start
         raise cli.UsageError(f"--port {args.port}: {error}; choose another port (0 picks a free one)") from None
 
@@ -175,7 +178,10 @@ def main(argv=None):
         wait_for_dispatcher(args.dispatcher_host, args.dispatcher_port, args.dispatcher_timeout)
     cli.quiet_tensorflow()
     server, line = start(args)
-    print(f"[{PROG}] {line}", flush=True)
+    # On stderr with every other line; on stdout too when a script reads it (for the port), not twice on a terminal.
+    cli.log(PROG, line)
+    if not sys.stdout.isatty():
+        print(f"[{PROG}] {line}", flush=True)
     # The server runs on its own threads; sleeping here (not server.join(), which holds off Python's signal
     # handling) lets Ctrl-C and SIGTERM (cli.run_main makes it raise cli.Interrupted) end the process.
     try:

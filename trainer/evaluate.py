@@ -80,11 +80,13 @@ def evaluate_trained_model(
 
 
 def describe(metrics: dict) -> list[str]:
+    from trainer.training_log import count
+
     names = metrics["confusion_matrix"]["class_names"]
     matrix = metrics["confusion_matrix"]["rows_expected_columns_predicted"]
     width = max(len(name) for name in names) + 2
     lines = [
-        f"{metrics['split']}: {metrics['examples']:,} examples, loss {metrics['loss']:.5f}, "
+        f"{metrics['split']}: {count(metrics['examples'], 'example')}, loss {metrics['loss']:.5f}, "
         f"accuracy {metrics['accuracy']:.4%} ({metrics['errors']} wrong)",
         "confusion matrix (rows: expected, columns: predicted):",
         " " * width + "".join(f"{name:>{width}}" for name in names),
@@ -193,7 +195,9 @@ def main(argv=None):
     }
     examples = input_pipeline.split_size(builder, args.split)
     dataset = input_pipeline.evaluation_dataset(builder, args.split, config)
-    cli.log(PROG, f"evaluating {export_dir} on {args.split} ({examples:,} examples)")
+    from trainer.training_log import count
+
+    cli.log(PROG, f"evaluating {export_dir} on {args.split} ({count(examples, 'example')})")
     with corrupt_data.named_in_errors(builder, [args.split], "--skip_corrupt_records"):
         metrics = evaluate(
             lambda video: signature(video=video)["probability_right"],

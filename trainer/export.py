@@ -1,5 +1,12 @@
 """Export: a SavedModel for serving and a .keras file; neither needs this package to load.
 
+    python -m trainer.export --model_dir DIR [--export_dir DIR]
+
+The command exports the newest good checkpoint of a trainer.task run (stopped or finished) as a
+SavedModel, to --export_dir (default MODEL_DIR/export_step_<N>; MODEL_DIR/export is the finished run's,
+written by trainer.task). It holds MODEL_DIR while it reads (trainer.model_dir_lock): a run training there
+would be deleting old checkpoints meanwhile, so it is refused while one does.
+
 The SavedModel's serving_default signature takes `video` (uint8 [batch, frames, S, S, 1],
 the stored format) and returns probability_right (float32 [batch]), class_id (int64
 [batch], 1 = right) and class_name (string [batch]). Both are written beside their
@@ -11,16 +18,18 @@ from __future__ import annotations
 import os
 import shutil
 
-import keras
-import tensorflow as tf
+from pipeline import cli, contract
 
+PROG = "trainer.export"
 SIGNATURE = "serving_default"
 INPUT_NAME = "video"
 # Keras's binary accuracy counts a probability above 0.5 as "right"; serving decides the same way.
 THRESHOLD = 0.5
 
 
-def serving_function(model: keras.Model, class_names: list[str]):
+def serving_function(model, class_names: list[str]):
+    import tensorflow as tf
+
     names = tf.constant(class_names)
 
     def serve(video):
@@ -38,12 +47,17 @@ def serving_function(model: keras.Model, class_names: list[str]):
     return serve
 
 
-def video_spec(model: keras.Model) -> tf.TensorSpec:
+def video_spec(model):
+    import tensorflow as tf
+
     return tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8, name=INPUT_NAME)
 
 
-def export_saved_model(model: keras.Model, export_dir: str, class_names: list[str]) -> str:
+def export_saved_model(model, export_dir: str, class_names: list[str]) -> str:
     """Writes the SavedModel at export_dir (replacing an older export only once the new one is complete)."""
+    import keras
+    import tensorflow as tf
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(name=SIGNATURE, fn=serving_function(model, class_names), input_signature=[video_spec(model)])
@@ -59,13 +73,15 @@ def export_saved_model(model: keras.Model, export_dir: str, class_names: list[st
     return export_dir
 
 
-def save_keras(model: keras.Model, path: str) -> str:
+def save_keras(model, path: str) -> str:
     """model.keras in the tutorial's form: Keras's own layers only, so that plain Keras loads it anywhere.
 
     model is the CNN-LSTM of trainer.model.build_model (time folded into the batch by this package's
     FoldTime and UnfoldTime); its weights go, in the same order, into build_time_distributed_model's
     TimeDistributed form, which needs no class of this package. Written beside its final name first.
     """
+    import tensorflow as tf
+
     from trainer import model as model_lib
 
     portable = model_lib.build_time_distributed_model(model.input_shape[2])
@@ -80,19 +96,114 @@ def save_keras(model: keras.Model, path: str) -> str:
     return path
 
 
-def load_keras(path: str) -> keras.Model:
+def load_keras(path: str):
     """A .keras file, loaded with safe_mode: a Lambda layer (pickled Python code) is refused, not run.
 
     model.keras needs nothing of this package; the checkpoints (the training model) name its layers.
     """
+    import keras
+
     import trainer.model  # noqa: F401 - registers RenderVideo, FoldTime, ..., which checkpoints name
 
     return keras.models.load_model(path, safe_mode=True)
 
 
 def remove_tree(path: str):
+    import tensorflow as tf
+
     if tf.io.gfile.exists(path):
         if "://" in path:
             tf.io.gfile.rmtree(path)
         else:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+# The command.
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(prog=PROG, description="Export the newest good checkpoint of a trainer.task run.")
+    parser.add_argument("--model_dir", required=True, help="The trainer.task --model_dir (holds checkpoints/).")
+    parser.add_argument("--export_dir", help="Where the SavedModel goes (default MODEL_DIR/export_step_<N>).")
+    return parser.parse_args(argv)
+
+
+def check_export_dir(export_dir: str, paths, finished: bool):
+    """A UsageError unless a SavedModel can be written at export_dir without touching the run itself."""
+    if os.path.abspath(export_dir) == os.path.abspath(paths.export) and not finished:
+        raise cli.UsageError(
+            f"--export_dir {export_dir} is where trainer.task writes the finished run's model (the run would then "
+            "count as finished and never resume); give another --export_dir"
+        )
+    if "://" in export_dir:
+        return
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise cli.UsageError(f"--export_dir {export_dir} is a file; give a folder")
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    if not os.path.isdir(parent):
+        raise cli.UsageError(f"--export_dir {export_dir}: its folder {parent} does not exist; create it first")
+
+
+def restore_model(folder: str, manifest: dict):
+    """The CNN-LSTM taking `video`, with the weights of the checkpoint in folder."""
+    import tensorflow as tf
+
+    from trainer import checkpoints
+    from trainer import model as model_lib
+
+    config = manifest["config"]
+    path_model = model_lib.build_path_model(
+        config["size"], incremental=config["incremental_model"], xla_layers=config["xla_layers"]
+    )
+    # The model's weights only: the optimizer's state is for resuming, not for serving.
+    status = tf.train.Checkpoint(model=path_model).read(os.path.join(folder, checkpoints.PREFIX))
+    status.assert_existing_objects_matched().expect_partial()
+    model = model_lib.build_model(config["size"])
+    model.set_weights(path_model.get_weights())
+    return model
+
+
+def main(argv=None):
+    from trainer import model_dir_lock, outputs
+
+    args = parse_args(argv)
+    paths = outputs.output_paths(args.model_dir)
+    files = outputs.file_system(args.model_dir)
+    if not files.isdir(args.model_dir):
+        raise cli.UsageError(
+            f"--model_dir {args.model_dir}: no such folder; give the --model_dir of a trainer.task run"
+        )
+    if not outputs.has_checkpoint(paths):
+        raise cli.UsageError(
+            f"--model_dir {args.model_dir} holds no checkpoint to export (no trainer.task run there got that far)"
+        )
+    finished = files.exists(os.path.join(paths.export, "saved_model.pb"))
+    if args.export_dir:
+        check_export_dir(args.export_dir, paths, finished)
+    model_dir_lock.refuse_if_held(args.model_dir)
+    cli.quiet_tensorflow()
+    from trainer import checkpoints
+    from trainer import files as trainer_files
+
+    hold = model_dir_lock.hold(args.model_dir, PROG)
+    try:
+        for _, folder in checkpoints.folders(paths.checkpoints):
+            manifest, problem = checkpoints.check(folder)
+            if manifest is not None:
+                break
+            cli.log(PROG, f"checkpoint {folder} is not usable: {problem}; trying the one before it")
+        else:
+            raise cli.FaultError(f"no checkpoint in {paths.checkpoints} is usable; train again into a new --model_dir")
+        step = manifest["step"]
+        export_dir = args.export_dir or os.path.join(args.model_dir, f"export_step_{step:09d}")
+        with trainer_files.disk_full_is_a_fault("free some space and run the same command again"):
+            export_saved_model(restore_model(folder, manifest), export_dir, list(contract.CLASS_NAMES))
+    finally:
+        hold.release()
+    epochs = manifest["epochs_done"]
+    cli.log(PROG, f"exported the checkpoint of step {step} ({epochs} epoch{'s' * (epochs != 1)} done) to {export_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run_main(PROG, main))

@@ -12,7 +12,9 @@ Evaluation of exported models reads the stored `video`, as any other project wou
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shlex
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -40,8 +42,10 @@ def load_builder(data_dir: str, size: int):
         info = contract.check_complete(folder, check_sizes=False)
         if info.get("fileFormat", "tfrecord") != "tfrecord":
             raise UsageError(
-                f"{folder} holds no TFRecord files (only {info['fileFormat']}), which tf.data reads; generate it with "
-                f"`python -m pipeline.generate --data_dir {data_dir} --size {size} --file_format tfrecord`"
+                f"{folder} holds no TFRecord files (only {info['fileFormat']}), which tf.data reads; `tfds "
+                "convert_format` cannot make them (TFDS reads ArrayRecord only as a data source, not with tf.data): "
+                f"delete {shlex.quote(folder)} and build it again with both formats: "
+                f"`{regenerate_command(data_dir, size, folder, info)}`"
             )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -63,6 +67,23 @@ def load_builder(data_dir: str, size: int):
             f"--size {size}`"
         )
     return builder
+
+
+def regenerate_command(data_dir: str, size: int, folder: str, info: dict) -> str:
+    """The pipeline.generate command that builds again what folder holds (same counts and seed), as TFRecord
+    and ArrayRecord."""
+    counts = {split["name"]: sum(int(length) for length in split.get("shardLengths", [])) for split in info["splits"]}
+    try:
+        with tf.io.gfile.GFile(os.path.join(folder, contract.METADATA_FILE)) as file:
+            seed = json.loads(file.read()).get("seed")
+    except (tf.errors.OpError, ValueError):
+        seed = None
+    flags = [f"--num_{split} {counts[split]}" for split in contract.SPLITS if split in counts]
+    flags += [f"--seed {seed}"] if seed is not None else []
+    return (
+        f"python -m pipeline.generate --data_dir {shlex.quote(data_dir)} --size {size} {' '.join(flags)} "
+        "--file_format tfrecord,array_record"
+    )
 
 
 def check_data_seed(builder, data_seed: int):
@@ -418,3 +439,34 @@ def split_size(builder, split: str) -> int:
             "regenerate it with pipeline.generate"
         )
     return builder.info.splits[split].num_examples
+
+
+def describe_dataset(builder) -> dict:
+    """What a run trains on, as its checkpoints record it: a resume against another dataset is refused."""
+    metadata = builder.info.metadata or {}
+    return {
+        "name": builder.info.name,
+        "config": builder.builder_config.name if builder.builder_config else None,
+        "version": str(builder.info.version),
+        "splits": {name: split.num_examples for name, split in sorted(builder.info.splits.items())},
+        "seed": int(metadata["seed"]) if metadata.get("seed") is not None else None,
+        "file_format": builder.info.file_format.value if builder.info.file_format else "tfrecord",
+    }
+
+
+def dataset_differences(old: dict, new: dict) -> list[str]:
+    """'what: old -> new' for each part of two describe_dataset records that differs."""
+    changed = [
+        f"{key.replace('_', ' ')} {old.get(key)} -> {new.get(key)}"
+        for key in ("name", "config", "version", "seed", "file_format")
+        if old.get(key) != new.get(key)
+    ]
+    old_splits, new_splits = old.get("splits", {}), new.get("splits", {})
+    for split in sorted(set(old_splits) | set(new_splits)):
+        if old_splits.get(split) != new_splits.get(split):
+            count = [
+                f"{value:,}" if isinstance(value, int) else "none"
+                for value in (old_splits.get(split), new_splits.get(split))
+            ]
+            changed.append(f"{split} examples {count[0]} -> {count[1]}")
+    return changed

@@ -1,10 +1,10 @@
 """What a training run writes, where, and what a model_dir already holds (checked before TensorFlow starts).
 
-MODEL_DIR gets config.yaml (the resolved config, written with the first checkpoint), checkpoints/
-(state/step_<N>/: the resumable checkpoints; epoch_<E>.keras: the model after each epoch), logs/
-(TensorBoard), history.csv, history.json, learning_curves.png, metrics.json (the test split),
-model.keras and export/ (the SavedModel). AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR move the
-checkpoints and the logs (Vertex AI sets them).
+MODEL_DIR gets .trainer.lock (held by the one process writing MODEL_DIR: trainer.model_dir_lock),
+config.yaml (the resolved config, written with the first checkpoint), checkpoints/ (state/step_<N>/: the
+resumable checkpoints; epoch_<E>.keras: the model after each epoch), logs/ (TensorBoard), history.csv,
+history.json, learning_curves.png, metrics.json (the test split), model.keras and export/ (the SavedModel).
+AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR move the checkpoints and the logs (Vertex AI sets them).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from trainer import config as config_lib
 STATE_FOLDER = "state"  # trainer.checkpoints keeps its checkpoints under CHECKPOINTS/state
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # trainer.files' temporary names
+LOCK_FILE = ".trainer.lock"  # trainer.model_dir_lock: held by the one process that writes MODEL_DIR
 # What a run writes into MODEL_DIR before its first checkpoint (and config.yaml) exists.
-STARTED_RUN = {"checkpoints", "logs"}
+STARTED_RUN = {"checkpoints", "logs", LOCK_FILE}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,13 +11,17 @@ lock, where no signal handler and no timeout can run; TensorFlow's coordination 
 SIGTERM for itself. So with TF_CONFIG, trainer.task runs the training in a child process and watches it
 (supervise): until the child reports that every worker has joined, a signal or peer_wait_seconds ends the
 child at once (nothing is written before that); afterwards signals are passed on to the child, which
-stops as above, and the child is ended if it is not gone within the grace period.
+stops as above, and the child is ended if it is not gone within the grace period. The supervisor
+relays the child's stderr, less the C++ error lines in which TensorFlow's distributed runtime reports a
+lost peer, and says so when the child is killed by a signal it did not pass on (the out-of-memory killer's
+SIGKILL): every worker ends with one line of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import socket
@@ -34,6 +38,8 @@ SUPERVISOR_GRACE_SECONDS = GRACE_SECONDS + 1.5
 READY_FD_VARIABLE = "MOVING_LINE_TRAINER_READY_FD"
 # The read end of a pipe whose write end only the supervisor holds: it reads end-of-file once the supervisor is gone.
 SUPERVISOR_FD_VARIABLE = "MOVING_LINE_SUPERVISOR_FD"
+# The training child's stderr is a pipe to its supervisor: this says whether the supervisor's is a terminal.
+TERMINAL_VARIABLE = "MOVING_LINE_TRAINER_STDERR_IS_A_TERMINAL"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Whether this process is the training child of supervise() (read at start: the variable is then removed).
 SUPERVISED = READY_FD_VARIABLE in os.environ
@@ -111,7 +117,7 @@ def leave_cluster(chief: bool, peer_addresses, exit_code: int):
     sys.stderr.flush()
     if chief:
         deadline = time.monotonic() + LEAVE_SECONDS
-        while time.monotonic() < deadline and any(_listening(address) for address in peer_addresses):
+        while time.monotonic() < deadline and any(listening(address) for address in peer_addresses):
             time.sleep(0.1)
     os._exit(exit_code)
 
@@ -154,18 +160,38 @@ def supervise(prog: str, argv: list[str], peer_wait_seconds: float, peers: dict[
         signal.signal(number, lambda signal_number, frame: received.append(signal_number))
     ready_read, ready_write = os.pipe()
     alive_read, alive_write = os.pipe()  # alive_write stays here alone (os.pipe's ends are not inherited)
+    terminal = {TERMINAL_VARIABLE: "1"} if sys.stderr.isatty() else {}
     child = subprocess.Popen(
         [sys.executable, "-m", "trainer.task", *argv],
-        env={**os.environ, READY_FD_VARIABLE: str(ready_write), SUPERVISOR_FD_VARIABLE: str(alive_read)},
+        env={**os.environ, READY_FD_VARIABLE: str(ready_write), SUPERVISOR_FD_VARIABLE: str(alive_read), **terminal},
         pass_fds=(ready_write, alive_read),
+        stderr=subprocess.PIPE,
     )
     os.close(ready_write)
     os.close(alive_read)
+    relay = threading.Thread(target=relay_stderr, args=(child.stderr, sys.stderr, prog), daemon=True)
+    relay.start()
+
+    def say(message: str):
+        """This worker's last line, after every line of its (ended) training process."""
+        relay.join(timeout=5)
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+
     deadline = time.monotonic() + peer_wait_seconds
     ready, forwarded, stop_deadline = False, 0, None
     while True:
         code = child.poll()
+        if code is not None and code < 0 and not received:
+            # Killed from outside (the out-of-memory killer sends SIGKILL): the child could say nothing itself.
+            name = signal.Signals(-code).name
+            say(
+                f"the training process of {describe_self} (pid {child.pid}) was killed by {name}"
+                f"{' (as the out-of-memory killer does)' if -code == signal.SIGKILL else ''}; start every worker "
+                "again with the same command to resume from the last checkpoint"
+            )
+            return cli.interrupted_exit(-code)
         if code is not None:
+            relay.join(timeout=5)
             return code if code >= 0 else cli.interrupted_exit(-code)
         if not ready:
             readable, _, _ = select.select([ready_read], [], [], 0.2)
@@ -173,23 +199,18 @@ def supervise(prog: str, argv: list[str], peer_wait_seconds: float, peers: dict[
             if received and not ready:
                 _end(child)
                 name = signal.Signals(received[0]).name
-                print(
-                    f"{prog}: error: stopped by {name} while waiting for the other workers; nothing was "
-                    "written; run the same command again",
-                    file=sys.stderr,
-                    flush=True,
+                say(
+                    f"stopped by {name} while waiting for the other workers; nothing was written; "
+                    "run the same command again"
                 )
                 return cli.interrupted_exit(received[0])
             if not ready and time.monotonic() > deadline:
                 _end(child)
-                missing = [f"{name} ({address})" for name, address in peers.items() if not _listening(address)]
-                print(
-                    f"{prog}: error: {describe_self} waited {peer_wait_seconds:g} s for the other workers of "
-                    f"TF_CONFIG; {'no answer from ' + ', '.join(missing) if missing else 'they did not all join'}; "
-                    "start the same command on every worker (each with its own TF_CONFIG), or raise "
-                    "peer_wait_seconds",
-                    file=sys.stderr,
-                    flush=True,
+                missing = [f"{name} ({address})" for name, address in peers.items() if not listening(address)]
+                say(
+                    f"{describe_self} waited {peer_wait_seconds:g} s for the other workers of TF_CONFIG; "
+                    f"{'no answer from ' + ', '.join(missing) if missing else 'they did not all join'}; "
+                    "start the same command on every worker (each with its own TF_CONFIG), or raise peer_wait_seconds"
                 )
                 return cli.FAULT_EXIT
             continue
@@ -201,15 +222,45 @@ def supervise(prog: str, argv: list[str], peer_wait_seconds: float, peers: dict[
         if stop_deadline and time.monotonic() > stop_deadline:
             _end(child)
             name = signal.Signals(received[0]).name
-            print(
-                f"{prog}: error: stopped by {name}; the training process did not stop in time and was ended; "
-                "run the same command again to resume from its last checkpoint",
-                file=sys.stderr,
-                flush=True,
+            say(
+                f"stopped by {name}; the training process did not stop in time and was ended; "
+                "run the same command again to resume from its last checkpoint"
             )
             return cli.interrupted_exit(received[0])
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=0.2)
+
+
+# TensorFlow's distributed runtime (collectives, the coordination service, gRPC) logs each lost or stopped
+# peer in C++ ERROR lines of several lines each; the worker's own last line says the same in words.
+DISTRIBUTED_RUNTIME_SOURCES = re.compile(r"collective|ring_alg|coordination|grpc|rendezvous")
+
+
+def relay_stderr(source, destination, prog: str):
+    """Copies the training process's stderr to the supervisor's, less the distributed runtime's C++ log lines
+    (each with the lines that continue it); TF_CPP_MIN_LOG_LEVEL=0 keeps them all. A progress line redrawn in
+    place (it starts with a carriage return) is passed on at once."""
+    keep_all = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0"
+    own = (f"[{prog}]", f"{prog}: ", "Traceback")
+    pending, dropping = b"", False
+    while chunk := os.read(source.fileno(), 1 << 16):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", errors="replace")
+            log_line = cli.CPP_LOG_LINE.match(text)
+            if log_line:
+                dropping = not keep_all and bool(DISTRIBUTED_RUNTIME_SOURCES.search(log_line.group(2)))
+            elif text.lstrip("\r").startswith(own):
+                dropping = False
+            if not dropping:
+                destination.write(text + "\n")
+        if pending.startswith(b"\r"):
+            destination.write(pending.decode("utf-8", errors="replace"))
+            pending = b""
+        destination.flush()
+    if pending and not dropping:
+        destination.write(pending.decode("utf-8", errors="replace"))
+        destination.flush()
 
 
 def _end(child: subprocess.Popen):
@@ -217,7 +268,8 @@ def _end(child: subprocess.Popen):
     child.wait()
 
 
-def _listening(address: str) -> bool:
+def listening(address: str) -> bool:
+    """Whether something accepts a connection at host:port (a worker's server is up)."""
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()

@@ -9,9 +9,10 @@ TensorBoard logs to AIP_TENSORBOARD_LOG_DIR when those are set. --tf_data_servic
 tf.data service (python -m trainer.data_service) make the training batches.
 
 Running the same command again resumes a stopped or killed run exactly where its last checkpoint
-stands and does nothing once the run has finished; a MODEL_DIR holding a run with a different config
-is refused. SIGTERM or Ctrl-C: the step in progress finishes, a checkpoint is saved, and the command
-exits with 143 or 130 (see trainer.preemption).
+stands and does nothing once the run has finished; a MODEL_DIR holding a run with a different config,
+or checkpoints of another dataset, is refused, and so is a MODEL_DIR another live run holds (one writer
+per MODEL_DIR: trainer.model_dir_lock). SIGTERM or Ctrl-C: the step in progress finishes, a checkpoint
+is saved, and the command exits with 143 or 130 (see trainer.preemption).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 
 from pipeline import cli
 from trainer import config as config_lib
-from trainer import distribution, outputs, preemption
+from trainer import distribution, model_dir_lock, outputs, preemption
 
 PROG = "trainer.task"
 SKIP_HINT = "--set skip_corrupt_records=true"
@@ -65,6 +66,9 @@ def main(argv=None):
 
         data_service.check_dispatcher(args.tf_data_service)
     paths = outputs.output_paths(args.model_dir)
+    if cluster is None or cluster.is_chief:
+        # A live run's hold first: what the folder holds is that run's, still changing.
+        model_dir_lock.refuse_if_held(paths.model_dir)
     state = outputs.check_model_dir(paths, config)
     if state == "finished":
         log(f"{paths.model_dir} already holds this run, trained and exported; nothing to do")
@@ -81,7 +85,7 @@ def main(argv=None):
     distribution.split_cpu(config["logical_cpu_devices"])
 
     # Data: read before anything is written, so a wrong data_dir leaves model_dir untouched.
-    from trainer import corrupt_data, files, input_pipeline, train
+    from trainer import corrupt_data, input_pipeline, train
 
     builder = input_pipeline.load_builder(args.data_dir, config["size"])
     input_pipeline.check_data_seed(builder, config["data_seed"])
@@ -98,6 +102,31 @@ def main(argv=None):
         # Reading runs TensorFlow, which must come after the strategy (it configures TensorFlow's start).
         for split in ("train", "validation"):
             corrupt_data.log_skipped(PROG, builder, split)
+    chief = cluster is None or cluster.is_chief
+
+    # One writer: the chief (the only process that writes) holds model_dir until it ends, however it ends.
+    hold = model_dir_lock.hold(paths.model_dir, PROG) if chief else model_dir_lock.Hold(paths.model_dir, None)
+    try:
+        try:
+            # Again, under the hold: a run that held the model_dir meanwhile may have moved it on.
+            state = outputs.check_model_dir(paths, config)
+            if state == "finished":
+                log(f"{paths.model_dir} already holds this run, trained and exported; nothing to do")
+                return 0
+            loop, progress = build_and_restore(args, config, cluster, paths, builder, plan, strategy, stop, state)
+        except BaseException:
+            hold.release_untouched()  # refused before anything was written: a model_dir made for the hold goes
+            raise
+        return train_and_finish(config, cluster, paths, builder, stop, loop, progress)
+    finally:
+        hold.release()
+
+
+def build_and_restore(args, config, cluster, paths, builder, plan, strategy, stop, state):
+    """The Loop (model and optimizer under the strategy) and the Progress of the checkpoint it restored (or None)."""
+    from trainer import checkpoints, input_pipeline, train
+    from trainer.training_log import count
+
     workers = cluster.size if cluster else 1
     chief = cluster is None or cluster.is_chief
     devices = list(strategy.extended.worker_devices)
@@ -105,15 +134,13 @@ def main(argv=None):
         f"{cluster.describe()} ({'the chief' if chief else 'not the chief'}) of {workers} workers, " if cluster else ""
     )
     log(
-        f"{state} run in {paths.model_dir}: {builder.data_dir} ({plan.num_train:,} training examples), "
-        f"{plan.epochs} epochs of {plan.steps_per_epoch} steps of {plan.batch_size}, {where}"
-        f"{strategy.num_replicas_in_sync} replica{'s' * (strategy.num_replicas_in_sync > 1)} in all {devices}"
+        f"{state} run in {paths.model_dir}: {builder.data_dir} ({count(plan.num_train, 'training example')}), "
+        f"{count(plan.epochs, 'epoch')} of {count(plan.steps_per_epoch, 'step')} of {plan.batch_size}, {where}"
+        f"{count(strategy.num_replicas_in_sync, 'replica')} in all {devices}"
     )
     if args.tf_data_service:
         log(f"training batches come from the tf.data service at {args.tf_data_service}")
-
-    # Model and training.
-    start = time.monotonic()
+    # Model, and the checkpoint to resume from.
     loop = train.Loop(
         config=config,
         builder=builder,
@@ -126,6 +153,7 @@ def main(argv=None):
         log=log,
         data_service=args.tf_data_service,
         data_service_job=f"moving_line_train_{hashlib.sha1(paths.model_dir.encode()).hexdigest()[:12]}",
+        peers=cluster.peers() if cluster else None,
     )
     if chief and state == "new":
         loop.model.get_layer("cnn_lstm").summary(print_fn=lambda text, **_: [log(line) for line in text.splitlines()])
@@ -134,17 +162,25 @@ def main(argv=None):
     xla = ("each replica's forward and backward pass compiled by XLA (off: --set xla_layers=false)"
            if config["xla_layers"] else "no XLA")  # fmt: skip
     log(f"training {how}; {xla}")
-    from trainer import checkpoints
-
-    progress = checkpoints.restore_latest(loop.checkpoint, paths.checkpoints, config, log)
+    dataset = input_pipeline.describe_dataset(builder)
+    progress = checkpoints.restore_latest(loop.checkpoint, paths.checkpoints, config, dataset, log)
     if progress is not None:
         epoch, into = divmod(progress.step, plan.steps_per_epoch)
         where = (
             f"the end of epoch {epoch}, before its validation"
             if progress.epochs_done < epoch
-            else f"epoch {epoch + 1}, {into} steps into it"
+            else f"epoch {epoch + 1}, {count(into, 'step')} into it"
         )
         log(f"resuming at step {progress.step} of {plan.total_steps} ({where})")
+    return loop, progress
+
+
+def train_and_finish(config, cluster, paths, builder, stop, loop, progress):
+    """Training from progress on, then (on the chief) the outputs; the exit code."""
+    from trainer import checkpoints, corrupt_data, files, train
+
+    chief = loop.chief
+    start = time.monotonic()
     if chief:
         files.remove_partials(paths.model_dir)
         files.remove_partials(paths.checkpoints)

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import cli
-from trainer import checkpoints, corrupt_data, export, files, input_pipeline, training_log
+from trainer import checkpoints, corrupt_data, export, files, input_pipeline, preemption, training_log
 from trainer import config as config_lib
 from trainer import model as model_lib
 
@@ -105,6 +105,7 @@ class Loop:
         log,
         data_service: str | None = None,
         data_service_job: str | None = None,
+        peers: dict[str, str] | None = None,
     ):
         self.config, self.builder, self.strategy, self.plan, self.paths = config, builder, strategy, plan, paths
         self.chief, self.workers, self.stop, self.log = chief, workers, stop, log
@@ -122,7 +123,9 @@ class Loop:
             self.optimizer = model_lib.make_optimizer(config["learning_rate"], None, decay_steps)
             self.optimizer.build(self.model.trainable_variables)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+        self.dataset = input_pipeline.describe_dataset(builder)  # what the checkpoints record
         self.data_service, self.data_service_job = data_service, data_service_job
+        self.peers = peers or {}  # the other workers' addresses by name, to say which was lost
         self.saved: checkpoints.Progress | None = None
         self._build_steps()
 
@@ -314,7 +317,7 @@ class Loop:
             if self.workers == 1:
                 raise
             raise cli.FaultError(
-                f"lost contact with another worker ({type(error).__name__}) at step {step}; start every worker "
+                f"lost contact with {self.lost_peers()} ({type(error).__name__}) at step {step}; start every worker "
                 "again with the same command to resume from the last checkpoint"
             ) from None
         finally:
@@ -322,6 +325,11 @@ class Loop:
                 scalars.close()
         self.stop.stopped()
         return Outcome(checkpoints.Progress(step, plan.epochs), weights=self.model.get_weights())
+
+    def lost_peers(self) -> str:
+        """Which workers no longer answer at their TF_CONFIG address (a killed worker's server is gone)."""
+        gone = [f"{name} ({address})" for name, address in self.peers.items() if not preemption.listening(address)]
+        return ", ".join(gone) if gone else "another worker (every one still answers: one may hang)"
 
     @property
     def scalar_every(self) -> int:
@@ -351,7 +359,8 @@ class Loop:
         learning_rate = self.learning_rate()
         throughput = steps_run * self.plan.batch_size / train_seconds if steps_run else 0.0
         display.line(
-            f"epoch {epoch + 1}/{self.plan.epochs}: {steps_run} steps in {train_seconds:.1f} s, {throughput:,.0f} "
+            f"epoch {epoch + 1}/{self.plan.epochs}: {training_log.count(steps_run, 'step')} in {train_seconds:.1f} s, "
+            f"{throughput:,.0f} "
             f"sequences/s, then {validation_seconds:.1f} s validating; "
             + training_log.describe_metrics(
                 {
@@ -394,7 +403,12 @@ class Loop:
             self.stop.resume_hint = f"the chief saves the checkpoint of step {progress.step}"
             return
         folder = checkpoints.save(
-            self.checkpoint, self.paths.checkpoints, progress, self.config, self.config["keep_checkpoints"]
+            self.checkpoint,
+            self.paths.checkpoints,
+            progress,
+            self.config,
+            self.dataset,
+            self.config["keep_checkpoints"],
         )
         self.stop.resume_hint = f"the last checkpoint is {folder} (step {progress.step})"
 

@@ -10,15 +10,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 import time
 
 import tensorflow as tf
 
-from trainer import files
+from trainer import files, preemption
 
 PLAIN_PROGRESS_SECONDS = 30.0
 TERMINAL_REDRAW_SECONDS = 0.2
+
+
+def count(number: int, noun: str) -> str:
+    """'1 epoch', '2 epochs', '1,024 training examples'."""
+    return f"{number:,} {noun}{'s' * (number != 1)}"
 
 
 def describe_metrics(metrics: dict[str, float]) -> str:
@@ -33,7 +39,10 @@ class Progress:
     def __init__(self, prog: str, verbose: int, stream=None):
         self.prog, self.verbose = prog, verbose
         self.stream = stream or sys.stderr
-        self.terminal = self.verbose == 1 and self.stream.isatty()
+        # A multi-worker supervisor relays its training process's stderr (trainer.preemption) and says whether
+        # its own is a terminal.
+        relayed_terminal = stream is None and os.environ.get(preemption.TERMINAL_VARIABLE) == "1"
+        self.terminal = self.verbose == 1 and (self.stream.isatty() or relayed_terminal)
         self.shown = 0.0
         self.drawn = False
 
@@ -113,7 +122,7 @@ def append_history(csv_path: str, row: dict[str, float]):
     rows = [{column: values[index] for column, values in history.items()} for index in range(len(epochs))]
     rows = [old for old in rows if int(old["epoch"]) != row["epoch"]] + [row]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(row))
+    writer = csv.DictWriter(text, fieldnames=list(row), lineterminator="\n")  # csv's default is CRLF
     writer.writeheader()
     for old in sorted(rows, key=lambda old: old["epoch"]):
         writer.writerow({column: int(value) if column == "epoch" else value for column, value in old.items()})
