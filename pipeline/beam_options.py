@@ -200,7 +200,9 @@ def local_dask_cluster(beam_args: list[str], options, workers: int):
 
     from dask import distributed
 
+    # ":0": the scheduler's HTTP server on a free port (it starts even without a dashboard, on 8787 by default,
+    # and warns when another cluster has that port).
     with distributed.LocalCluster(
-        n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=logging.CRITICAL
+        n_workers=workers, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL
     ) as cluster:
         yield make_options([*beam_args, f"--dask_client_address={cluster.scheduler_address}"])
