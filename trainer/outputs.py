@@ -109,8 +109,8 @@ def check_model_dir(paths: Paths, config: dict) -> str:
     if not files.exists(paths.model_dir):
         check_creatable(paths.model_dir)
         return "new"
-    if not files.listdir(paths.model_dir):
-        return "new"
+    if not [name for name in files.listdir(paths.model_dir) if name.rstrip("/") != LOCK_FILE]:
+        return "new"  # empty, or only the hold of the run checking it (trainer.model_dir_lock)
     if not files.exists(paths.config):
         left = [name.rstrip("/") for name in files.listdir(paths.model_dir)]
         if all(name in STARTED_RUN or PARTIAL in name for name in left) and not has_checkpoint(paths):
