@@ -121,6 +121,11 @@ def hold(model_dir: str, command: str) -> Hold:
             break
         os.close(descriptor)  # the file was removed (by a refused command) after this one opened it: again
     note = {"command": command, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, (json.dumps(note) + "\n").encode(), 0)
-    return Hold(model_dir, descriptor, made_folder)
+    hold = Hold(model_dir, descriptor, made_folder)
+    try:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, (json.dumps(note) + "\n").encode(), 0)
+    except BaseException:  # a full disk: the hold, and a folder made for it, go again
+        hold.release_untouched()
+        raise
+    return hold

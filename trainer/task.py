@@ -107,17 +107,17 @@ def main(argv=None):
     # One writer: the chief (the only process that writes) holds model_dir until it ends, however it ends.
     hold = model_dir_lock.hold(paths.model_dir, PROG) if chief else model_dir_lock.Hold(paths.model_dir, None)
     try:
-        try:
-            # Again, under the hold: a run that held the model_dir meanwhile may have moved it on.
-            state = outputs.check_model_dir(paths, config)
-            if state == "finished":
-                log(f"{paths.model_dir} already holds this run, trained and exported; nothing to do")
-                return 0
-            loop, progress = build_and_restore(args, config, cluster, paths, builder, plan, strategy, stop, state)
-        except BaseException:
-            hold.release_untouched()  # refused before anything was written: a model_dir made for the hold goes
-            raise
+        # Again, under the hold: a run that held the model_dir meanwhile may have moved it on.
+        state = outputs.check_model_dir(paths, config)
+        if state == "finished":
+            log(f"{paths.model_dir} already holds this run, trained and exported; nothing to do")
+            return 0
+        loop, progress = build_and_restore(args, config, cluster, paths, builder, plan, strategy, stop, state)
         return train_and_finish(config, cluster, paths, builder, stop, loop, progress)
+    except BaseException:
+        # Refused, or failed before its first file (a full disk): a model_dir made for the hold goes again.
+        hold.release_untouched()
+        raise
     finally:
         hold.release()
 
