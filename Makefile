@@ -8,7 +8,7 @@ WORK ?= work
 # a leading dash stays one argument, so `make clean` cannot delete, nor `make run` write, another folder.
 export WORK
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-fast lint format bench clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,19 @@ $(STAMP): setup.py
 run: $(STAMP)
 	@PYTHON=$(BIN)/python bash scripts/run_default.sh "$$WORK"
 
-# The whole suite, linter included.
+# The whole suite, linter included, on every core.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
+
+# The fast loop: every test not marked slow, on every core, then the line coverage of pipeline/ and trainer/
+# (the data stays in .coverage: `coverage report -m` lists the lines no test ran).
+test-fast: $(STAMP)
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m coverage run -m pytest -n auto -m "not slow" -q --durations=5
+	$(BIN)/python -m coverage combine -q
+	@echo "line coverage: pipeline/ $$($(BIN)/python -m coverage report --include='pipeline/*' --format=total)%," \
+		"trainer/ $$($(BIN)/python -m coverage report --include='trainer/*' --format=total)%," \
+		"both $$($(BIN)/python -m coverage report --format=total)% (make test-fast; details: coverage report -m)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -42,4 +52,4 @@ clean:
 		echo "make clean: error: $$WORK was not made by make run (it holds no .moving-line-work); delete it yourself if you mean to" >&2; \
 		exit 2; \
 	fi
-	rm -rf -- "$$WORK" build dist *.egg-info .pytest_cache
+	rm -rf -- "$$WORK" build dist *.egg-info .pytest_cache .coverage .coverage.*

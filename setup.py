@@ -42,6 +42,11 @@ setup(
         # CPU build; an unpinned torch would pull a CUDA build of several GB.
         "test": [
             "pytest>=8",
+            # The suite on every core (make test), each session fixture built once (filelock), line coverage
+            # of processes the tests start (coverage's patch = subprocess, from 7.10).
+            "pytest-xdist>=3.5",
+            "filelock>=3.12",
+            "coverage>=7.10",
             "dill>=0.3",
             "hypothesis>=6.100",
             "scipy>=1.11",

@@ -8,6 +8,7 @@ tutorial's plot did; a GIF animates the sequences side by side.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 
@@ -24,6 +25,7 @@ GAP = 2  # separator between frames, in pixels
 FRAME_PIXELS = 48  # a frame is drawn at least about this wide (a whole number of pixels per pixel)
 MAX_WIDTH = 1600  # rows of frames wrap, in rows of equal length, to stay within this width
 MAX_IMAGE_PIXELS = 50_000_000
+MAX_SEQUENCES = 100  # more than a person looks at in one picture
 MARGIN = 8
 TITLE_HEIGHT = 28
 LABEL_HEIGHT = 16
@@ -40,9 +42,15 @@ def parse_args(argv=None):
         help="Frame size of the dataset (default: the only one in data_dir, else 50).",
     )
     parser.add_argument("--split", default="train", help="Split to draw from.")
-    parser.add_argument("--num", type=cli.positive_int, default=4, help="Number of sequences to draw.")
+    parser.add_argument(
+        "--num", type=cli.positive_int, default=4, help=f"Number of sequences to draw (at most {MAX_SEQUENCES})."
+    )
     parser.add_argument("--out", required=True, help="Output file: .png (frame strips) or .gif (animation).")
     args = parser.parse_args(argv)
+    if args.num > MAX_SEQUENCES:
+        raise cli.UsageError(
+            f"--num {args.num:,} is more than one picture can show; draw at most {MAX_SEQUENCES} at a time"
+        )
     extension = os.path.splitext(args.out)[1].lower()
     if extension not in FORMATS:
         raise cli.UsageError(f"--out must end in .png or .gif, got {args.out!r}")
@@ -133,11 +141,18 @@ def text_width(draw, text: str, font) -> int:
     return right - left
 
 
-def save_whole(image, out: str, **options):
-    """Saves image at out (a new file); on any failure (a full disk, a signal) removes what was written."""
+def save_whole(image, out: str, image_format: str, **options):
+    """Saves image at out (a new file); on any failure (a full disk, a signal) removes what was written.
+
+    The image is encoded in memory first: PIL encodes into a file in one call that a signal cannot
+    interrupt, and into memory a block at a time, so SIGTERM and Ctrl-C take effect within a block.
+    """
+    encoded = io.BytesIO()
+    image.save(encoded, format=image_format, **options)
     existed = os.path.lexists(out)
     try:
-        image.save(out, **options)
+        with open(out, "wb") as file:
+            file.write(encoded.getbuffer())
     except BaseException:
         if not existed and os.path.lexists(out):
             os.remove(out)
@@ -171,7 +186,7 @@ def draw_png(sequences, out: str):
         image.paste(Image.fromarray(grid, mode="L"), (label_width, top))
         draw.text((MARGIN, top + GAP + min(size * scale, grid.shape[0]) // 2 - 6), label, fill=LIT, font=font)
         top += grid.shape[0] + MARGIN
-    save_whole(image, out)
+    save_whole(image, out, "PNG")
 
 
 def draw_gif(sequences, out: str):
@@ -204,20 +219,29 @@ def draw_gif(sequences, out: str):
                 if index < len(sequences):
                     draw.text((GAP + column * cell + 2, band_top + 2), labels[index], fill=LIT, font=font)
         pictures.append(image)
-    save_whole(pictures[0], out, save_all=True, append_images=pictures[1:], duration=FRAME_MILLISECONDS, loop=0)
+    save_whole(pictures[0], out, "GIF", save_all=True, append_images=pictures[1:], duration=FRAME_MILLISECONDS, loop=0)
+
+
+def labels_in_brief(sequences, listed: int = 8) -> str:
+    """Each label in order for a few sequences ("left, right"), else how many of each ("52 left, 48 right")."""
+    labels = [CLASS_NAMES[label] for _, label in sequences]
+    if len(labels) <= listed:
+        return ", ".join(labels)
+    return ", ".join(f"{labels.count(name)} {name}" for name in CLASS_NAMES)
 
 
 def main(argv=None):
     args = parse_args(argv)
     cli.quiet_tensorflow()
-    sequences = load_sequences(find_dataset(args.data_dir, args.size), args.split, args.num)
+    folder = find_dataset(args.data_dir, args.size)
+    cli.log(PROG, f"reading {args.num} {args.split} sequences from {folder}")
+    sequences = load_sequences(folder, args.split, args.num)
     if not sequences:
         raise cli.UsageError(f"split {args.split!r} is empty")
     partial = f"{args.out}.partial{os.path.splitext(args.out)[1]}"
     (draw_gif if args.out.lower().endswith(".gif") else draw_png)(sequences, partial)
     os.replace(partial, args.out)  # never leave a half-drawn file under the asked-for name
-    labels = ", ".join(("left", "right")[label] for _, label in sequences)
-    cli.log(PROG, f"drew {len(sequences)} {args.split} sequences ({labels}) -> {args.out}")
+    cli.log(PROG, f"drew {len(sequences)} {args.split} sequences ({labels_in_brief(sequences)}) -> {args.out}")
     return 0
 
 

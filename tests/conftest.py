@@ -1,27 +1,134 @@
-"""Shared fixtures: a small dataset built once per session by the real Beam pipeline."""
+"""Shared fixtures and helpers: a small dataset built once per session by the real Beam pipeline, commands
+run as a user runs them (a subprocess, bounded) or in this process (for what only parsing decides)."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Small enough to build in seconds, big enough for a model to learn (see tests/test_trainer*.py).
+# Small enough to build in seconds, big enough for a model to learn (see tests/test_e2e_training.py).
 SMALL = {"size": 8, "num_train": 1024, "num_validation": 256, "num_test": 256, "seed": 0}
+# One short training run: enough for a SavedModel and a finished model_dir to use and misuse.
+QUICK_TRAIN = ["--config", "configs/smoke.yaml", "--set", "epochs=1", "--set", "steps_per_epoch=2",
+               "--set", "validation_steps=1", "--set", "test_after_training=false"]  # fmt: skip
+# TensorFlow's C++ start-up lines stay out of what the tests read, in this process and in the commands.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def describe(args) -> str:
+    return " ".join(str(arg) for arg in args)
 
 
 def run_command(*args, env=None, check=False, timeout=600):
-    """Runs `python -m ...` from the repo root; returns the CompletedProcess."""
+    """Runs `python ARGS` from the repo root; returns the CompletedProcess. Past timeout seconds the command is
+    killed and the test fails naming it, with what it had printed."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    result = subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as expired:
+        printed = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else expired.stderr
+        raise AssertionError(
+            f"`python {describe(args)}` still running after {timeout} s; killed. Its stderr:\n{(printed or '')[-3000:]}"
+        ) from None
     if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"`python {describe(args)}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
+
+
+def wait_for(process: subprocess.Popen, timeout: float, doing: str) -> int:
+    """process's exit code once it ends; past timeout seconds it is killed and the test fails saying what it was
+    doing."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"{doing}: still running after {timeout:.0f} s; killed") from None
+
+
+def run_in_process(prog: str, argv, capfd) -> subprocess.CompletedProcess:
+    """Runs command prog (e.g. "trainer.predict") in this process as its `python -m` would, with its one-line errors
+    and exit codes (cli.run_main); returns what it printed. For refusals decided before any work starts."""
+    from pipeline import cli
+
+    module = importlib.import_module(prog)
+    # TensorFlow logs its start and the search for a GPU once per process: here, not among the command's lines
+    # (a command run as a process loads TensorFlow with those lines filtered out: cli.quiet_tensorflow).
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    capfd.readouterr()
+    try:
+        code = cli.run_main(prog, module.main, list(argv))
+    except SystemExit as leaving:
+        code = leaving.code
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    stdout, stderr = capfd.readouterr()
+    return subprocess.CompletedProcess([prog, *argv], code or 0, stdout, stderr)
+
+
+def last_error_line(result, prog: str) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith(f"{prog}: error: "), result.stderr[-3000:]
+    return lines[-1]
+
+
+def snapshot(*roots) -> dict:
+    """Every file (with size and modification time) and folder under roots: anything written changes it."""
+    seen = {}
+    for root in roots:
+        for folder, folders, files in os.walk(root):
+            seen.update({os.path.join(folder, name): "folder" for name in folders})
+            for name in files:
+                status = os.lstat(os.path.join(folder, name))
+                seen[os.path.join(folder, name)] = (status.st_size, status.st_mtime_ns)
+    return seen
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def mount_tmpfs(folder, size: str) -> str | None:
+    """A tmpfs of size at folder (made if missing): None when mounted, else why not (mounting needs root)."""
+    os.makedirs(folder, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return "a full disk is a small tmpfs, which only root can mount"
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        return f"mount -t tmpfs failed: {mounted.stderr.decode().strip()}"
+    return None
+
+
+def unmount(folder):
+    subprocess.run(["umount", str(folder)], check=True, timeout=60)
+
+
+def fill(folder):
+    """Fills the file system of folder to its last byte."""
+    with open(os.path.join(folder, "filler"), "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 4096)
+        except OSError:
+            pass
 
 
 def generate_args(data_dir, settings=SMALL, extra=()):
@@ -29,9 +136,50 @@ def generate_args(data_dir, settings=SMALL, extra=()):
     return ["-m", "pipeline.generate", f"--data_dir={data_dir}", *flags, *extra]
 
 
+def made_once(tmp_path_factory, worker_id: str, name: str, make) -> str:
+    """make(folder) run once per test session, however many xdist workers ask (xdist's own recipe: the workers
+    share their session's parent folder, and a file lock); the folder's path. Tests must not change it."""
+    if worker_id == "master":  # no xdist
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return str(folder)
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, made = shared / name, shared / f"{name}.made"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not made.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed making it left
+            folder.mkdir()
+            make(folder)
+            made.write_text("")
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
-def small_data_dir(tmp_path_factory):
+def small_data_dir(tmp_path_factory, worker_id):
     """A TFDS data_dir holding moving_line/size_8 (SMALL), built on the FnApiRunner with 2 processes."""
-    data_dir = tmp_path_factory.mktemp("small_data")
-    run_command(*generate_args(data_dir), check=True)
-    return str(data_dir)
+    return made_once(tmp_path_factory, worker_id, "small_data",
+                     lambda folder: run_command(*generate_args(folder), check=True))  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def quick_model_dir(small_data_dir, tmp_path_factory, worker_id):
+    """A model_dir QUICK_TRAIN trained on small_data_dir to its end (SavedModel in export/): copy it to change it."""
+
+    def train(folder):
+        run_command("-m", "trainer.task", *QUICK_TRAIN, "--data_dir", small_data_dir, "--model_dir",
+                    str(folder / "model"), check=True)  # fmt: skip
+
+    return os.path.join(made_once(tmp_path_factory, worker_id, "quick_model", train), "model")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs (a disk that fills up), unmounted afterwards; skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    why_not = mount_tmpfs(mount, "40m")
+    if why_not:
+        pytest.skip(why_not)
+    yield mount
+    unmount(mount)

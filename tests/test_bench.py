@@ -43,6 +43,7 @@ def test_every_benchmark_has_a_smallest_setting():
     assert sorted(SMALLEST) == sorted(BENCHMARKS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_the_benchmark_runs_and_ends_with_its_json_figures(name, small_data_dir, tmp_path):
     if name not in SMALLEST:
@@ -58,9 +59,18 @@ def test_the_benchmark_runs_and_ends_with_its_json_figures(name, small_data_dir,
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_a_bad_flag_gets_one_line_and_exit_2(name):
-    result = run_command("-m", "bench", name, "--no_such_flag=1")
+def test_a_bad_flag_gets_one_line_and_exit_2(name, capsys):
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as leaving:
+        main([name, "--no_such_flag=1"])
+    assert leaving.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"bench {name}: error: unrecognized arguments: --no_such_flag=1"]
+
+
+def test_the_command_refuses_a_bad_flag_and_an_unknown_benchmark_in_one_line():
+    result = run_command("-m", "bench", "generate", "--no_such_flag=1")
     assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines() == [f"bench {name}: error: unrecognized arguments: --no_such_flag=1"], (
-        result.stderr[-3000:]
-    )
+    assert result.stderr.splitlines() == ["bench generate: error: unrecognized arguments: --no_such_flag=1"]
+    unknown = run_command("-m", "bench", "gnerate")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("bench: error: unknown benchmark 'gnerate'")

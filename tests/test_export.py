@@ -53,6 +53,7 @@ def exported(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_the_saved_model_loads_without_this_package_and_predicts_what_keras_predicts(exported):
     result = run_command("-c", LOAD_WITHOUT_PROJECT, exported["export_dir"], str(exported["folder"] / "videos.npy"))
     assert result.returncode == 0, result.stderr
@@ -96,6 +97,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_the_keras_file_loads_in_plain_keras_and_predicts_what_the_saved_model_predicts(exported):
     result = run_command(
         "-c", LOAD_KERAS_WITHOUT_PROJECT, exported["keras_path"], str(exported["folder"] / "videos.npy")
@@ -127,3 +129,75 @@ def test_exporting_again_replaces_the_export_and_leaves_no_partial_folder(export
     export.export_saved_model(exported["model"], str(folder / "export"), ["left", "right"])
     export.save_keras(exported["model"], str(folder / "model.keras"))
     assert sorted(path.name for path in folder.iterdir()) == ["export", "model.keras", "videos.npy"]
+
+
+# Calls the SavedModel with only TensorFlow imported, two ways: its serving signature (what TF Serving and
+# Vertex AI call, by keyword) and its endpoint function (a tf.function, called by position). One JSON line
+# per case: the error TensorFlow gave.
+CALL_SAVED_MODEL = """
+import json, sys
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+ways = {"signature": loaded.signatures["serving_default"], "function": loaded.serving_default}
+wrong = {
+    "float32 video": tf.zeros([1, 8, 8, 8, 1], tf.float32),
+    "frame size 9": tf.zeros([1, 9, 9, 9, 1], tf.uint8),
+    "no batch axis": tf.zeros([8, 8, 8, 1], tf.uint8),
+}
+for way, serve in ways.items():
+    calls = {name: (lambda video=video: serve(video=video) if way == "signature" else serve(video))
+             for name, video in wrong.items()}
+    if way == "signature":
+        calls["input misnamed"] = lambda: serve(videos=tf.zeros([1, 8, 8, 8, 1], tf.uint8))
+    for name, call in calls.items():
+        try:
+            call()
+            error = None
+        except Exception as caught:
+            error = f"{type(caught).__name__}: {caught}"[:1000]
+        print(json.dumps({"case": f"{way}: {name}", "error": error}))
+print(json.dumps({"project_imported": sorted(m for m in sys.modules if m.split(".")[0] in ("pipeline", "trainer"))}))
+"""
+
+
+SAVED_MODEL_CASES = [
+    *(f"signature: {name}" for name in ["float32 video", "frame size 9", "no batch axis", "input misnamed"]),
+    *(f"function: {name}" for name in ["float32 video", "frame size 9", "no batch axis"]),
+]
+
+
+@pytest.fixture(scope="module")
+def saved_model_errors(exported):
+    result = run_command("-c", CALL_SAVED_MODEL, exported["export_dir"], check=True)
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert lines[-1] == {"project_imported": []}
+    return {line["case"]: line["error"] for line in lines[:-1]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SAVED_MODEL_CASES)
+def test_the_saved_model_refuses_a_wrong_input_with_a_clear_error(saved_model_errors, case):
+    error = saved_model_errors[case]
+    assert error is not None, f"{case} was accepted"
+    if case.startswith("function"):
+        # The tf.function names the input, what it got and what it takes.
+        assert "dtype=tf.uint8, name='video')" in error and "Can not cast TensorSpec" in error, error
+    elif case == "signature: float32 video":
+        # A signature checks the dtype only when it runs, and TensorFlow then names the input by position
+        # (input #0 is video, the only one): the one wrong input TensorFlow does not name.
+        assert "input #0(zero-based) was expected to be a uint8 tensor but is a float tensor" in error, error
+    elif case == "signature: input misnamed":
+        assert "missing a required argument: 'video'" in error, error
+    else:
+        assert "Shape of tensor video [" in error, error
+        assert "is not compatible with expected shape [?,8,8,8,1]" in error, error
+
+
+def test_a_keras_file_holding_python_code_is_refused(tmp_path):
+    import keras
+
+    inputs = keras.Input([2])
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="safe_mode"):
+        export.load_keras(str(tmp_path / "lambda.keras"))

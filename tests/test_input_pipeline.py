@@ -144,6 +144,7 @@ def four_shards(tmp_path_factory):
     return input_pipeline.load_builder(str(data_dir), FOUR_SHARDS["size"])
 
 
+@pytest.mark.slow
 def test_input_pipelines_read_their_own_shard_files_when_there_is_one_for_each(four_shards):
     info = four_shards.info.splits["train"]
     assert info.num_shards == 4

@@ -1,6 +1,7 @@
 """What the project takes from its libraries outside their public APIs stays in pipeline/library_gaps.py, and
 is still there in the installed releases."""
 
+import os
 import pathlib
 import re
 
@@ -38,3 +39,22 @@ def test_tfds_still_has_the_builder_base_that_it_does_not_export():
     assert issubclass(tfds.core.ShardBasedBuilder, library_gaps.FileReaderBuilder), (
         "TFDS's FileReaderBuilder is no longer the base of its file-reading builders; see pipeline/library_gaps.py"
     )
+
+
+def python_sources():
+    from conftest import REPO
+
+    for folder in ("pipeline", "trainer", "bench", "scripts"):
+        for parent, _, names in os.walk(os.path.join(REPO, folder)):
+            for name in names:
+                if name.endswith(".py"):
+                    with open(os.path.join(parent, name), encoding="utf-8") as file:
+                        yield file.name, file.read()
+
+
+def test_no_user_file_is_read_with_an_unsafe_loader():
+    for path, source in python_sources():
+        assert not re.search(r"\bpickle\b|\bdill\b|\bmarshal\b|allow_pickle\s*=\s*True", source), path
+        assert not re.search(r"yaml\.(load|unsafe_load|full_load)\(", source), path
+        for call in re.findall(r"load_model\([^)]*\)", source):
+            assert "safe_mode=True" in call, f"{path}: {call}"

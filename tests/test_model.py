@@ -100,6 +100,7 @@ def test_the_xla_layers_have_the_same_shapes_and_weights_and_compute_the_same_ou
     np.testing.assert_allclose(xla.predict(videos, verbose=0), plain.predict(videos, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_model_trained_with_the_xla_layers_trains_and_hands_its_weights_to_keras_layers():
     keras.utils.set_random_seed(0)
     data = generator.generate(seed=1, split="train", start=0, count=64, size=8)
@@ -293,6 +294,7 @@ def test_the_incremental_model_computes_its_gradients_per_replica_under_a_mirror
     assert not np.allclose(incremental.get_weights()[2], weights[2])  # the optimizer applied them
 
 
+@pytest.mark.slow
 def test_the_incremental_model_trains():
     keras.utils.set_random_seed(0)
     data = generator.generate(seed=1, split="train", start=0, count=64, size=8)

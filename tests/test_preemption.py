@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 CHILD = """
@@ -31,3 +32,37 @@ def test_the_training_child_ends_when_its_supervisor_is_gone_even_by_sigkill():
     finally:
         child.kill()
         child.wait()
+
+
+LOST_PEER_OUTPUT = (
+    "[trainer.task] epoch 1/3: 150 steps in 28.3 s\n"
+    "E0000 00:00:1796236194.062990   17685 base_collective_executor.cc:252] BaseCollectiveExecutor::StartAbort "
+    "UNAVAILABLE: Error reported from /job:worker/task:1: The following tasks are unhealthy:\n"
+    "/job:worker/replica:0/task:1\n"
+    "The tasks have crashed. Check the task logs for an earlier error.\n"
+    "E0000 00:00:1796236194.063332   17685 ring_alg.cc:291] Aborting RingReduce with UNAVAILABLE\n"
+    "W0000 00:00:1796236194.063332   17685 some_kernel.cc:12] a real warning\n"
+    "\r[trainer.task] epoch 2/3: step 5/150"
+    "\rtrainer.task: error: lost contact with worker 1 (127.0.0.1:1) (UnavailableError) at step 150\n"
+)
+
+
+@pytest.mark.parametrize("level", ["2", "0"])
+def test_the_supervisor_relays_its_workers_lines_less_the_distributed_runtimes_errors(level, monkeypatch):
+    import io
+
+    from trainer import preemption
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    read_end, write_end = os.pipe()
+    os.write(write_end, LOST_PEER_OUTPUT.encode())
+    os.close(write_end)
+    relayed = io.StringIO()
+    with os.fdopen(read_end, "rb") as source:
+        preemption.relay_stderr(source, relayed, "trainer.task")
+    if level == "0":  # TF_CPP_MIN_LOG_LEVEL=0 shows every line
+        assert relayed.getvalue() == LOST_PEER_OUTPUT
+    else:
+        kept = [line for line in LOST_PEER_OUTPUT.split("\n") if line.startswith(("[", "W0000", "\r"))]
+        assert relayed.getvalue() == "\n".join(kept) + "\n"
+        assert "E0000" not in relayed.getvalue() and "The tasks have crashed" not in relayed.getvalue()

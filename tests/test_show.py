@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from conftest import SMALL, run_command, run_in_process
 from PIL import Image
 
 from pipeline import generator, show
@@ -80,3 +83,41 @@ def test_a_gif_shows_each_frame_of_each_sequence_under_its_label(tmp_path):
                 band = image[max(0, top - show.LABEL_HEIGHT) : top - show.GAP, left : left + 8 * scale]
                 assert (band < 128).sum() > 10, "no label above the tile"
             assert (image[: show.TITLE_HEIGHT] < 128).sum() > 10, "no frame number on top"
+
+
+@pytest.mark.slow
+def test_show_draws_png_strips_and_gif_animations(small_data_dir, tmp_path):
+    from PIL import Image
+
+    png, gif = tmp_path / "strips.png", tmp_path / "moving.gif"
+    for out in (png, gif):
+        result = run_command("-m", "pipeline.show", f"--data_dir={small_data_dir}", "--num=3", f"--out={out}")
+        assert result.returncode == 0, result.stderr
+        assert "drew 3 train sequences" in result.stderr
+    with Image.open(png) as image:
+        assert image.width > 3 * image.height / 2  # strips of frames are wide
+    with Image.open(gif) as image:
+        assert image.n_frames == SMALL["size"]  # one GIF frame per video frame
+    assert sorted(os.listdir(tmp_path)) == ["moving.gif", "strips.png"]  # no leftovers
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--out={tmp}/x.jpg"], "--out must end in .png or .gif"),
+        (["--out={tmp}/missing/x.png"], "does not exist"),
+        (["--out={tmp}/x.png", "--split=dev"], "--split 'dev' not in the dataset"),
+        (["--out={tmp}/x.png", "--size=9"], "no moving_line/size_9"),
+        (["--out={tmp}/x.png", "--num=0"], "expected a number >= 1"),
+    ],
+)
+def test_bad_show_flags_get_one_line_and_exit_2(small_data_dir, tmp_path, flags, message, capfd):
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    result = run_in_process("pipeline.show", [f"--data_dir={small_data_dir}", *flags], capfd)
+    assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_show_on_an_empty_data_dir_says_to_generate_first(tmp_path, capfd):
+    result = run_in_process("pipeline.show", [f"--data_dir={tmp_path}", f"--out={tmp_path}/x.png"], capfd)
+    assert result.returncode == 2 and "run `python -m pipeline.generate` first" in result.stderr

@@ -20,9 +20,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMALL, generate_args, run_command
+from conftest import QUICK_TRAIN, REPO, SMALL, free_port, generate_args, last_error_line, run_command, snapshot
+
+from pipeline import contract
+
+pytestmark = pytest.mark.slow
 
 FAULTS = os.path.join(REPO, "tests", "fault_injection")
+SHARD = f"moving_line/size_8/{contract.VERSION}/moving_line-{{split}}.tfrecord-00000-of-00001"
 # 3 epochs of 20 steps, a checkpoint every 5 steps (and each epoch), 2 validation steps: checkpoints at
 # steps 5, 10, 15, 20 (epoch 1), 25, ...
 CONFIG = ["--config", "configs/smoke.yaml", "--set", "deterministic=true", "--set", "epochs=3", "--set",
@@ -36,13 +41,7 @@ SETTINGS = {
 # after the checkpoint of step 10; in the validation of epoch 2 (whose own checkpoint comes after it); while
 # the checkpoint of step 15 is being written.
 KILL_POINTS = {"train_step:12": 10, "validation_step:3": 35, "checkpoint_write:3": 10}
-STOP_SECONDS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+STOP_SECONDS = 30  # Kubernetes waits 30 s after SIGTERM before it kills; room for a loaded machine
 
 
 def start(setting: str, model_dir, data_dir, *extra, fault: str | None = None, fault_worker: int = 0, env=None):
@@ -227,7 +226,7 @@ def test_a_run_stopped_before_its_first_checkpoint_does_not_hold_its_model_dir(o
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def tiny_disk(tmp_path):
     """A 2 MiB tmpfs (root only)."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root")
@@ -239,10 +238,10 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(folder)])
 
 
-def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_freed(one_device, small_disk):
-    ballast = small_disk / "ballast"
+def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_freed(one_device, tiny_disk):
+    ballast = tiny_disk / "ballast"
     ballast.write_bytes(b"\0" * (1_600 * 1024))  # about 400 kB left: a few checkpoints, not the whole run
-    model_dir = small_disk / "model"
+    model_dir = tiny_disk / "model"
     code, log = train("one_device", model_dir, one_device["data"])[0]
     assert code == 1 and "Traceback" not in log, log[-3000:]
     line = log.strip().splitlines()[-1]
@@ -316,3 +315,60 @@ def test_a_resume_on_another_dataset_is_refused_saying_what_differs_and_changed_
     code, log = train("one_device", model_dir, one_device["data"])[0]
     assert code == 0 and "resuming at step 10 of 60" in log, log[-3000:]
     assert fingerprint(log) == one_device["fingerprint"]
+
+
+def damaged_copy(small_data_dir, tmp_path, split: str, how: str) -> tuple[str, str]:
+    """A copy of the small dataset whose one shard of split is cut in half or has one byte flipped."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(small_data_dir, data_dir)
+    shard = data_dir / SHARD.format(split=split)
+    content = bytearray(shard.read_bytes())
+    if how == "truncated":
+        # Early enough that a few training steps' shuffle buffer (256 records) reaches the cut.
+        content = content[: len(content) // 8 + 40]  # mid-record (a cut between records is caught too)
+    else:
+        content[len(content) // 8] ^= 0xFF
+    shard.write_bytes(bytes(content))
+    return str(data_dir), str(shard)
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+def test_a_damaged_shard_is_named_in_one_line_and_skipped_only_when_asked(
+    small_data_dir, quick_model_dir, tmp_path, how
+):
+    data_dir, shard = damaged_copy(small_data_dir, tmp_path, "test", how)
+    model_dir = tmp_path / "model"
+    shutil.copytree(quick_model_dir, model_dir)
+    before = snapshot(model_dir)
+
+    refused = run_command("-m", "trainer.evaluate", "--model_dir", str(model_dir), "--data_dir", data_dir)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]  # a fault
+    line = last_error_line(refused, "trainer.evaluate")
+    assert f"corrupt data in {shard} ({how} record at " in line, line
+    assert "--skip_corrupt_records" in line and "regenerate the dataset" in line
+    assert snapshot(model_dir) == before  # no metrics written from a partial pass
+
+    skipped = run_command("-m", "trainer.evaluate", "--model_dir", str(model_dir), "--data_dir", data_dir,
+                          "--skip_corrupt_records", check=True)  # fmt: skip
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    # TensorFlow drops a damaged shard from its first bad record on: those are the records skipped.
+    assert 0 < metrics["examples"] < SMALL["num_test"]
+    assert metrics["skipped_records"] == SMALL["num_test"] - metrics["examples"]
+    assert sum(map(sum, metrics["confusion_matrix"]["rows_expected_columns_predicted"])) == metrics["examples"]
+    assert f"skipped {metrics['skipped_records']} of {SMALL['num_test']} test records ({shard}" in skipped.stderr
+
+
+def test_training_on_a_damaged_shard_stops_naming_it_and_skips_it_when_asked(small_data_dir, tmp_path):
+    data_dir, shard = damaged_copy(small_data_dir, tmp_path, "train", "truncated")
+    model_dir = tmp_path / "model"
+    command = ["-m", "trainer.task", *QUICK_TRAIN, "--data_dir", data_dir, "--model_dir", str(model_dir)]
+    refused = run_command(*command)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    line = last_error_line(refused, "trainer.task")
+    assert f"corrupt data in {shard} (truncated record at " in line and "--set skip_corrupt_records=true" in line
+
+    # The same run, resumed with skipping on: it says how many of the 1,024 training records it skips.
+    resumed = run_command(*command, "--set", "skip_corrupt_records=true", check=True)
+    found = re.search(r"skipped ([\d,]+) of 1,024 train records \(" + re.escape(shard), resumed.stderr)
+    assert found and 0 < int(found.group(1).replace(",", "")) < 1024, resumed.stderr[-3000:]
+    assert (model_dir / "export" / "saved_model.pb").exists()

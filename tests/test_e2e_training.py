@@ -7,7 +7,6 @@ starts, hence a subprocess) and takes its folders from the Vertex AI variables.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
@@ -15,6 +14,8 @@ import pytest
 from conftest import SMALL, run_command
 
 from pipeline import generator
+
+pytestmark = pytest.mark.slow
 
 # 3 epochs of 20 steps of 32: 1,920 sequences, well past what size 8 needs.
 TRAIN = ["--config", "configs/smoke.yaml", "--set", "epochs=3", "--set", "steps_per_epoch=20"]
@@ -160,32 +161,11 @@ def test_predict_reads_videos_from_a_file(mirrored_run, tmp_path):
     assert refused.returncode == 2 and "this model takes [N, 8, 8, 8, 1]" in error_line(refused, "trainer.predict")
 
 
-def test_a_missing_dataset_is_refused_before_anything_is_written(tmp_path):
-    model_dir = tmp_path / "model"
-    result = run_command(*train_command(tmp_path / "no_data", model_dir))
-    assert result.returncode == 2
-    assert error_line(result, "trainer.task").startswith("trainer.task: error: no moving_line/size_8 dataset")
-    assert not model_dir.exists()
-
-
-def test_a_model_dir_holding_other_files_is_refused(small_data_dir, tmp_path):
-    (tmp_path / "notes.txt").write_text("mine")
-    result = run_command(*train_command(small_data_dir, tmp_path))
-    assert result.returncode == 2 and "holds no trainer run" in result.stderr
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
-
-
-def test_a_tf_config_that_is_not_json_is_refused(small_data_dir, tmp_path):
-    # Multi-worker training itself (TF_CONFIG naming several tasks) is tested in test_scale_out.py.
-    result = run_command(*train_command(small_data_dir, tmp_path / "model"), env={"TF_CONFIG": "worker 0"})
-    assert error_line(result, "trainer.task").endswith("TF_CONFIG is not a JSON object; fix it or unset it")
-    assert not (tmp_path / "model").exists()
-
-
 COMPARE_SAVED_MODELS = """
 import sys
 import numpy as np
 import tensorflow as tf
+
 videos = tf.constant(np.load(sys.argv[3]))
 outputs = [tf.saved_model.load(folder).signatures["serving_default"](video=videos) for folder in sys.argv[1:3]]
 print(float(np.max(np.abs(outputs[0]["probability_right"].numpy() - outputs[1]["probability_right"].numpy()))))

@@ -11,6 +11,8 @@ from conftest import generate_args, run_command
 
 from pipeline import contract, generator
 
+pytestmark = pytest.mark.slow
+
 SETTINGS = {"size": 8, "num_train": 96, "num_validation": 16, "num_test": 24, "seed": 4}
 FORMATS = "--file_format=tfrecord,array_record"
 
@@ -147,6 +149,7 @@ PROBE_TRAINER = """
 import sys
 from pipeline import cli
 from trainer import input_pipeline
+
 sys.exit(cli.run_main("probe", lambda argv: input_pipeline.load_builder(sys.argv[1], int(sys.argv[2])) and 0))
 """
 

@@ -1,66 +1,33 @@
-"""Routes for users who outgrow one machine, proven offline on localhost."""
+"""Training across machines on localhost: two workers of TF_CONFIG (identical weights, only the chief writes, a lost
+or missing peer, SIGTERM while waiting), the tf.data service, each worker's share of a split."""
 
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import tarfile
 import time
 
 import pytest
-from conftest import REPO, SMALL, run_command
+from conftest import (
+    QUICK_TRAIN,
+    REPO,
+    SMALL,
+    free_port,
+    generate_args,
+    last_error_line,
+    run_command,
+    snapshot,
+)
 
-from pipeline import cli
+from pipeline import cli, contract
 
-
-def test_the_dataflow_job_builds_offline_with_dry_run(tmp_path):
-    result = run_command(
-        "-m", "pipeline.generate", f"--data_dir={tmp_path}", "--size=8",
-        "--num_train=64", "--num_validation=8", "--num_test=8",
-        "--runner=DataflowRunner", "--project", "example-project", "--region", "us-central1",
-        "--temp_location=gs://example-bucket/tmp", "--setup_file=./setup.py", "--dry_run=True",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "dry run: DataflowRunner built the job" in result.stderr
-    written = [os.path.join(folder, name) for folder, _, names in os.walk(tmp_path) for name in names]
-    assert not [path for path in written if ".tfrecord" in path or "dataset_info" in path]
-
-
-def test_the_sdist_that_dataflow_workers_install_carries_the_builder_its_card_and_configs(tmp_path):
-    result = run_command("-m", "build", "--sdist", "--no-isolation", f"--outdir={tmp_path}", REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    # Older setuptools keep the hyphen of the distribution name; newer ones normalise it.
-    (archive,) = list(tmp_path.glob("moving[-_]line-*.tar.gz"))
-    with tarfile.open(archive) as sdist:
-        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-    for expected in [
-        "setup.py",
-        "pipeline/moving_line/moving_line_dataset_builder.py",
-        "pipeline/moving_line/README.md",
-        "pipeline/moving_line/CITATIONS.bib",
-        "pipeline/moving_line/TAGS.txt",
-        "pipeline/generator.py",
-        "pipeline/video_codec.py",
-        "pipeline/transforms.py",
-        "configs/default.yaml",
-        "configs/seed.yaml",
-        "configs/smoke.yaml",
-    ]:
-        assert expected in names, f"{expected} missing from {archive.name}"
-
+pytestmark = pytest.mark.slow
 
 # Multi-worker training and the tf.data service: real processes on localhost, each bounded by a timeout.
 
 SMOKE = ["--config", "configs/smoke.yaml"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(args, log_path, env=None):
@@ -234,28 +201,6 @@ def test_sigterm_to_a_worker_waiting_for_its_peers_ends_it_within_seconds_with_o
     assert not (tmp_path / "model").exists()
 
 
-BAD_TF_CONFIGS = [
-    ("worker 0", "TF_CONFIG is not a JSON object"),
-    ('{"task": {"type": "worker", "index": 0}}', 'TF_CONFIG has no "cluster" object'),
-    ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'TF_CONFIG has no "task" object'),
-    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "task index 2 is out of range"),
-    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": -1}}', "task index -1 is out of"),
-    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "chief", "index": 0}}', "task type 'chief' is not in"),
-    ('{"cluster": {"worker": ["a:1", "b"]}, "task": {"type": "worker", "index": 0}}', '"host:port" addresses'),
-    ('{"cluster": {"ps": ["a:1"], "worker": ["b:2"]}, "task": {"type": "ps", "index": 0}}', "names a 'ps' job"),
-]
-
-
-@pytest.mark.parametrize(("tf_config", "message"), BAD_TF_CONFIGS)
-def test_a_wrong_tf_config_is_refused_in_one_line_before_anything_starts(small_data_dir, tmp_path, tf_config, message):
-    command = ["-m", "trainer.task", *SMOKE, "--data_dir", small_data_dir, "--model_dir", str(tmp_path / "model")]
-    result = run_command(*command, env={"TF_CONFIG": tf_config}, timeout=60)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("trainer.task: error: ") and message in line, line
-    assert not (tmp_path / "model").exists()
-
-
 def test_the_trainer_reads_its_batches_from_a_tf_data_service_on_localhost(small_data_dir, tmp_path):
     servers = [start(["-m", "trainer.data_service", "dispatcher", "--port", "0"], tmp_path / "dispatcher.log")]
     try:
@@ -280,15 +225,6 @@ def test_the_trainer_reads_its_batches_from_a_tf_data_service_on_localhost(small
     assert f"training batches come from the tf.data service at grpc://localhost:{port}" in result.stderr
     assert (model_dir / "export" / "saved_model.pb").is_file()
     assert json.loads((model_dir / "metrics.json").read_text())["accuracy"] >= 0.9
-
-
-def test_a_tf_data_service_address_where_nothing_listens_is_refused(small_data_dir, tmp_path):
-    result = run_command(
-        "-m", "trainer.task", *SMOKE, "--data_dir", small_data_dir, "--model_dir", str(tmp_path / "model"),
-        "--tf_data_service", f"grpc://localhost:{free_port()}",
-    )  # fmt: skip
-    assert result.returncode == 2 and "no dispatcher answers there" in result.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "model").exists()
 
 
 def example_keys(batches) -> list[bytes]:
@@ -316,35 +252,62 @@ def test_each_worker_reads_its_own_share_of_a_split_in_per_replica_batches(small
     assert sorted(shares[0] + shares[1]) == sorted(whole)
 
 
-LOST_PEER_OUTPUT = (
-    "[trainer.task] epoch 1/3: 150 steps in 28.3 s\n"
-    "E0000 00:00:1796236194.062990   17685 base_collective_executor.cc:252] BaseCollectiveExecutor::StartAbort "
-    "UNAVAILABLE: Error reported from /job:worker/task:1: The following tasks are unhealthy:\n"
-    "/job:worker/replica:0/task:1\n"
-    "The tasks have crashed. Check the task logs for an earlier error.\n"
-    "E0000 00:00:1796236194.063332   17685 ring_alg.cc:291] Aborting RingReduce with UNAVAILABLE\n"
-    "W0000 00:00:1796236194.063332   17685 some_kernel.cc:12] a real warning\n"
-    "\r[trainer.task] epoch 2/3: step 5/150"
-    "\rtrainer.task: error: lost contact with worker 1 (127.0.0.1:1) (UnavailableError) at step 150\n"
-)
+def run_two_workers(arguments: list[str], timeout: float = 180) -> list[subprocess.CompletedProcess]:
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
+        processes.append(subprocess.Popen([sys.executable, "-m", "trainer.task", *arguments], cwd=REPO, env=env,
+                                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))  # fmt: skip
+    results = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            process.kill()
+    return results
 
 
-@pytest.mark.parametrize("level", ["2", "0"])
-def test_the_supervisor_relays_its_workers_lines_less_the_distributed_runtimes_errors(level, monkeypatch):
-    import io
+def test_two_workers_name_a_damaged_shard_alike_and_skip_it_when_asked(tmp_path):
+    # Two training shards: each worker reads its own, so only one of them meets the damage itself.
+    data_dir = tmp_path / "data"
+    run_command(*generate_args(data_dir, {**SMALL, "num_train": 512}, extra=["--num_shards=2"]), check=True)
+    folder = data_dir / f"moving_line/size_8/{contract.VERSION}"
+    shard = next(folder.glob("moving_line-train.tfrecord-00001-of-00002"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    model_dir = tmp_path / "model"
+    arguments = [*QUICK_TRAIN, "--set", "steps_per_epoch=12", "--data_dir", str(data_dir), "--model_dir",
+                 str(model_dir)]  # fmt: skip
+    for result in run_two_workers(arguments):
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        line = last_error_line(result, "trainer.task")
+        assert f"corrupt data in {shard} (" in line and "--set skip_corrupt_records=true" in line, line
+    for result in run_two_workers([*arguments, "--set", "skip_corrupt_records=true"]):
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert re.search(rf"skipped [\d,]+ of 512 train records \({re.escape(str(shard))}", result.stderr)
+    assert (model_dir / "export" / "saved_model.pb").exists()
 
-    from trainer import preemption
 
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
-    read_end, write_end = os.pipe()
-    os.write(write_end, LOST_PEER_OUTPUT.encode())
-    os.close(write_end)
-    relayed = io.StringIO()
-    with os.fdopen(read_end, "rb") as source:
-        preemption.relay_stderr(source, relayed, "trainer.task")
-    if level == "0":  # TF_CPP_MIN_LOG_LEVEL=0 shows every line
-        assert relayed.getvalue() == LOST_PEER_OUTPUT
-    else:
-        kept = [line for line in LOST_PEER_OUTPUT.split("\n") if line.startswith(("[", "W0000", "\r"))]
-        assert relayed.getvalue() == "\n".join(kept) + "\n"
-        assert "E0000" not in relayed.getvalue() and "The tasks have crashed" not in relayed.getvalue()
+# The trainer's refusals with TF_CONFIG naming two workers on localhost: each worker refuses alike, before it
+# waits for the other (a config key, and what only the dataset tells). Every refusal: test_errors_every_command.py.
+TWO_WORKER_CASES = [
+    (["--set", "epochs=0"], "epochs must be at least 1"),
+    (["--set", "batch_size=2048"], "batch_size 2048 is larger than the 1024 training examples"),
+    (["--set", "devices=[/gpu:3]"], "choose devices on one machine"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), TWO_WORKER_CASES)
+def test_two_workers_refuse_the_trainers_bad_input_alike_in_one_line_and_write_nothing(
+    small_data_dir, tmp_path, flags, message
+):
+    arguments = [*SMOKE, f"--data_dir={small_data_dir}", f"--model_dir={tmp_path / 'model'}", *flags]
+    before = snapshot(tmp_path, small_data_dir)
+    for result in run_two_workers(arguments):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert message in last_error_line(result, "trainer.task")
+        assert all(line.startswith("[trainer.task] ") for line in result.stderr.strip().splitlines()[:-1])
+    assert snapshot(tmp_path, small_data_dir) == before

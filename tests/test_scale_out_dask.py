@@ -15,6 +15,8 @@ from conftest import REPO, generate_args, run_command
 
 from pipeline import contract
 
+pytestmark = pytest.mark.slow
+
 distributed = pytest.importorskip("dask.distributed", reason="the dask extra: pip install -e '.[dask]'")
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")

@@ -1,0 +1,187 @@
+"""pipeline.generate's faults: killed (SIGKILL, Ctrl-C, SIGTERM) midway, a damaged build, a full disk. One line, a
+documented exit code, nothing half-written; the same command afterwards builds the dataset."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from built_data import VERSION, assert_one_line_error, dataset_folder, expected_digests, read_without_project
+from conftest import REPO, generate_args, last_error_line, run_command, run_in_process, snapshot
+
+from pipeline import contract
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_killed_run_leaves_no_dataset_and_the_same_command_then_completes_it(tmp_path):
+
+    settings = {"size": 16, "num_train": 40_000, "num_validation": 300, "num_test": 300, "seed": 2}
+    config_folder = tmp_path / "moving_line" / "size_16"
+    process, signal = run_until_writing(generate_args(tmp_path, settings), config_folder)
+    os.killpg(process.pid, signal.SIGKILL)  # no chance to clean up
+    process.wait()
+
+    assert glob.glob(str(config_folder / "incomplete.*")) and not (config_folder / VERSION).exists()
+    load = "import sys, tensorflow_datasets as tfds; tfds.load('moving_line/size_16', data_dir=sys.argv[1])"
+    assert run_command("-c", load, str(tmp_path)).returncode != 0
+
+    again = run_command(*generate_args(tmp_path, settings), check=True)
+    assert "left by an interrupted run" in again.stderr
+    assert not glob.glob(str(config_folder / "incomplete.*"))
+    read = read_without_project(tmp_path, "moving_line/size_16", 16)
+    assert read["load"] == expected_digests(settings)  # every example once, none missing, none changed
+
+
+DAMAGES = {
+    "metadata deleted": lambda folder: os.remove(os.path.join(folder, contract.INFO_FILE)),
+    "metadata unreadable": lambda folder: pathlib.Path(folder, contract.INFO_FILE).write_text("{"),
+    "shard deleted": lambda folder: os.remove(shard(folder, "validation")),
+    "shard truncated": lambda folder: os.truncate(shard(folder, "train"), 100),
+    # What a worker killed mid-shard leaves, if the run still finished (a copy of the folder taken meanwhile).
+    "a shard file never finished": lambda folder: pathlib.Path(
+        folder, contract.temporary_file_name(contract.shard_file_name("train", "tfrecord", 0, 1), "killed")
+    ).write_bytes(b"half"),
+}
+
+
+def shard(folder, split):
+    return os.path.join(folder, contract.shard_file_name(split, "tfrecord", 0, 1))
+
+
+READERS = {
+    "pipeline.show": lambda data_dir, tmp: ["-m", "pipeline.show", f"--data_dir={data_dir}", f"--out={tmp}/x.png"],
+    "trainer": lambda data_dir, tmp: [
+        "-c",
+        "import sys; from pipeline import cli; from trainer import input_pipeline; "
+        "sys.exit(cli.run_main('trainer', lambda argv: input_pipeline.load_builder(sys.argv[1], 8)))",
+        str(data_dir),
+    ],
+}
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path):
+    settings = {"size": 8, "num_train": 40, "num_validation": 8, "num_test": 8, "seed": 1}
+    run_command(*generate_args(tmp_path / "data", settings), check=True)
+    return tmp_path / "data", settings
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_build_is_refused_by_readers_and_rebuilt_by_generate(tiny_data_dir, tmp_path, damage):
+    data_dir, settings = tiny_data_dir
+    folder = dataset_folder(data_dir, 8)
+    DAMAGES[damage](folder)
+    for name, reader in READERS.items():
+        if name == "trainer" and damage == "shard truncated":
+            continue  # the trainer finds it when reading, names the bad record and can skip (test_reliability.py)
+        result = run_command(*reader(data_dir, tmp_path))
+        assert result.returncode == 1, (name, result.stderr[-3000:])
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert f"the dataset in {folder} is damaged" in last_error_line(result, name), name
+    # Other settings: the damage is reported, nothing is touched.
+    other = run_command(*generate_args(data_dir, {**settings, "num_train": 41}))
+    assert_one_line_error(other, "pipeline.generate", 1, "is damaged", "rebuild it")
+    again = run_command(*generate_args(data_dir, settings), check=True)
+    if damage != "metadata unreadable":
+        assert "rebuilding it with the same settings" in again.stderr
+    read = read_without_project(data_dir, "moving_line/size_8", 8)
+    assert read["load"] == expected_digests(settings)
+
+
+def test_settings_of_a_damaged_build_that_cannot_be_read_are_not_guessed(tiny_data_dir, capfd):
+    data_dir, settings = tiny_data_dir
+    folder = dataset_folder(data_dir, 8)
+    os.remove(os.path.join(folder, contract.INFO_FILE))
+    os.remove(os.path.join(folder, contract.METADATA_FILE))
+    result = run_in_process("pipeline.generate", generate_args(data_dir, settings)[2:], capfd)
+    assert_one_line_error(result, "pipeline.generate", 1, "dataset_info.json is missing", f"or delete {folder}")
+
+
+def test_same_settings_with_flags_that_cannot_change_a_built_dataset_are_refused(tiny_data_dir, capfd):
+    data_dir, settings = tiny_data_dir
+    before = snapshot(dataset_folder(data_dir, 8))
+    reshard = run_in_process("pipeline.generate", generate_args(data_dir, settings, ["--num_shards=2"])[2:], capfd)
+    assert_one_line_error(reshard, "pipeline.generate", 2, "--num_shards 2 cannot change a finished build")
+    other_format = run_in_process(
+        "pipeline.generate", generate_args(data_dir, settings, ["--file_format=array_record"])[2:], capfd
+    )
+    assert_one_line_error(other_format, "pipeline.generate", 2, "without array_record", "tfds convert_format")
+    assert snapshot(dataset_folder(data_dir, 8)) == before
+
+
+def run_until_writing(command, config_folder):
+    import subprocess
+    import time
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(
+        [sys.executable, *command], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    # Until a worker is writing a shard.
+    while not glob.glob(str(config_folder / "incomplete.*" / ".*.incomplete-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be stopped; make it bigger"
+    return process, signal
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_midway_leave_one_line_no_dataset_and_the_same_command_then_builds_it(tmp_path, signal_name):
+
+    settings = {"size": 16, "num_train": 40_000, "num_validation": 300, "num_test": 300, "seed": 3}
+    config_folder = tmp_path / "moving_line" / "size_16"
+    process, signal = run_until_writing(generate_args(tmp_path, settings), config_folder)
+    signal_number = getattr(signal, signal_name)
+    if signal_number == signal.SIGINT:
+        os.killpg(process.pid, signal_number)  # Ctrl-C reaches the whole foreground process group
+    else:
+        process.send_signal(signal_number)  # a scheduler signals the command alone
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal_number, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == (
+        f"pipeline.generate: error: interrupted by {signal_name}; run the same command again"
+    )
+    assert sorted(os.listdir(config_folder)) == [".generate.lock"]  # no incomplete folder, no dataset
+    time.sleep(0.5)
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"{tmp_path}" not in processes  # no worker left either
+    again = run_command(*generate_args(tmp_path, settings), check=True)  # the lock was released
+    assert "done: 40,600 examples" in again.stderr
+    assert not list(config_folder.glob("incomplete.*"))
+
+
+def test_a_dataset_too_big_for_the_disk_is_refused_before_writing(small_disk):
+    settings = {"size": 16, "num_train": 300_000, "num_validation": 300, "num_test": 300, "seed": 0}
+    result = run_command(*generate_args(small_disk / "data", settings))
+    assert_one_line_error(result, "pipeline.generate", 2, "the dataset needs about 51.", "MiB free")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert os.listdir(small_disk) == []
+
+
+def test_a_disk_that_fills_up_midway_ends_in_one_line_with_nothing_kept_and_then_builds(small_disk):
+    settings = {"size": 16, "num_train": 150_000, "num_validation": 300, "num_test": 300, "seed": 0}
+    config_folder = small_disk / "data" / "moving_line" / "size_16"
+    process, _ = run_until_writing(generate_args(small_disk / "data", settings), config_folder)
+    filler = small_disk / "filler"
+    # Another program takes the space the estimate counted on.
+    with open(filler, "wb") as file, contextlib.suppress(OSError):
+        file.write(b"\0" * (40 << 20))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"pipeline.generate: error: no space left on the device writing {config_folder / VERSION}; nothing was kept: "
+        "free some space and run the same command again"
+    )
+    assert sorted(os.listdir(config_folder)) == [".generate.lock"]
+    filler.unlink()
+    again = run_command(*generate_args(small_disk / "data", settings), check=True)
+    assert "done: 150,600 examples" in again.stderr
