@@ -47,7 +47,7 @@ def run_command(*args, env=None, check=False, timeout=600):
     return result
 
 
-def wait_for(process: subprocess.Popen, timeout: float, doing: str) -> int:
+def ended_within(process: subprocess.Popen, timeout: float, doing: str) -> int:
     """process's exit code once it ends; past timeout seconds it is killed and the test fails saying what it was
     doing."""
     try:

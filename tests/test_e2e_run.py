@@ -105,7 +105,7 @@ def test_make_run_hands_work_to_the_script_as_one_argument(tmp_path):
 def test_run_default_refuses_a_work_folder_holding_other_files(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     result = subprocess.run(["bash", "scripts/run_default.sh", str(tmp_path)], cwd=REPO, capture_output=True,
-                            text=True, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+                            text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=120)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"run_default.sh: error: WORK {tmp_path} holds other files ({tmp_path}/notes.txt); "

@@ -24,6 +24,7 @@ import pytest
 from conftest import (
     REPO,
     SMALL,
+    ended_within,
     fill,
     free_port,
     last_error_line,
@@ -32,7 +33,6 @@ from conftest import (
     run_in_process,
     snapshot,
     unmount,
-    wait_for,
 )
 
 from pipeline import contract, generator
@@ -310,7 +310,7 @@ def run_until_signalled(prog: str, arguments: list[str], options: dict, work: di
                 break
             time.sleep(0.005)
         # A bound for a loaded machine: Kubernetes waits 30 s after SIGTERM before it kills.
-        wait_for(process, 30, f"{prog} after {signal.Signals(options['signal']).name}")
+        ended_within(process, 30, f"{prog} after {signal.Signals(options['signal']).name}")
     finally:
         process.kill()
         for reader in readers:

@@ -50,3 +50,23 @@ def test_predict_goes_batch_by_batch_in_flat_memory_with_labels_kept_with_their_
                 f"Expected: {('Left', 'Right')[label]}" for label in made["label"]
             ]
         assert f"[trainer.predict] {len(made['label'])} sequences from {tmp_path / name}" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["videos.npy", "videos.npz", "labelled.npz"])
+def test_an_input_file_is_read_batch_by_batch_with_its_labels_in_this_process(tmp_path, name):
+    from trainer import predict
+
+    made = generator.generate(6, "test", 0, predict.BATCH + 5, SMALL["size"])
+    path = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(path, made["video"])
+    else:
+        np.savez_compressed(path, video=made["video"], label=made["label"])
+    videos = predict.read_videos(str(path))
+    assert videos.count == len(made["video"])
+    batches = list(predict.input_batches(videos))
+    assert [len(batch) for batch, _ in batches] == [predict.BATCH, 5]
+    assert (np.concatenate([batch for batch, _ in batches]) == made["video"]).all()
+    if name.endswith(".npz"):
+        assert (np.concatenate([labels for _, labels in batches]) == made["label"]).all()
+    assert predict.describe("right", 0.9, "left") == "Expected: Left, Predicted: Right  (probability of right 0.9000)"
