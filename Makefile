@@ -29,7 +29,7 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m coverage run -m pytest -n auto -m "not slow" -q --durations=5
-	$(BIN)/python -m coverage combine -q
+	@$(BIN)/python -m coverage combine -q
 	@echo "line coverage: pipeline/ $$($(BIN)/python -m coverage report --include='pipeline/*' --format=total)%," \
 		"trainer/ $$($(BIN)/python -m coverage report --include='trainer/*' --format=total)%," \
 		"both $$($(BIN)/python -m coverage report --format=total)% (make test-fast; details: coverage report -m)"

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, ended_within
 
 from pipeline import cli
 from trainer import model_dir_lock, outputs
@@ -54,7 +54,7 @@ def test_a_held_model_dir_is_refused_in_one_line_naming_the_holders_host_and_pid
 def test_the_hold_of_a_killed_holder_is_taken_over_without_a_manual_step(holder, name):
     model_dir, process = holder
     process.send_signal(signal.Signals[name])
-    process.wait()
+    ended_within(process, 30, f"the holder after {name}")
     hold = model_dir_lock.hold(str(model_dir), "trainer.task")
     try:
         assert f'"pid": {os.getpid()}' in (model_dir / outputs.LOCK_FILE).read_text()

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, ended_within
 
 CHILD = """
 import sys, time
@@ -28,7 +28,7 @@ def test_the_training_child_ends_when_its_supervisor_is_gone_even_by_sigkill():
         assert child.stdout.readline() == "watching\n"
         assert child.poll() is None
         os.close(alive_write)  # what the kernel does for a supervisor that dies, SIGKILL included
-        assert child.wait(timeout=20) == -signal.SIGKILL
+        assert ended_within(child, 30, "the training child once its supervisor's pipe closed") == -signal.SIGKILL
     finally:
         child.kill()
         child.wait()
