@@ -22,13 +22,13 @@ run: $(STAMP)
 
 # The whole suite, linter included, on every core.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # The fast loop: every test not marked slow, on every core, then the line coverage of pipeline/ and trainer/
 # (the data stays in .coverage: `coverage report -m` lists the lines no test ran).
 test-fast: $(STAMP)
 	rm -f .coverage .coverage.*
-	$(BIN)/python -m coverage run -m pytest -n auto -m "not slow" -q --durations=5
+	$(BIN)/python -m coverage run -m pytest -n auto --dist loadgroup -m "not slow" -q --durations=5
 	@$(BIN)/python -m coverage combine -q
 	@echo "line coverage: pipeline/ $$($(BIN)/python -m coverage report --include='pipeline/*' --format=total)%," \
 		"trainer/ $$($(BIN)/python -m coverage report --include='trainer/*' --format=total)%," \

@@ -11,7 +11,7 @@ from conftest import generate_args, run_command
 
 from pipeline import contract, generator
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e_formats")]  # one worker: module fixtures
 
 SETTINGS = {"size": 8, "num_train": 96, "num_validation": 16, "num_test": 24, "seed": 4}
 FORMATS = "--file_format=tfrecord,array_record"

@@ -15,7 +15,7 @@ from conftest import SMALL, run_command
 
 from pipeline import generator
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e_training")]  # one worker: module fixtures
 
 # 3 epochs of 20 steps of 32: 1,920 sequences, well past what size 8 needs.
 TRAIN = ["--config", "configs/smoke.yaml", "--set", "epochs=3", "--set", "steps_per_epoch=20"]

@@ -98,7 +98,11 @@ def chief_log(results) -> str:
     return results[0][1]
 
 
-@pytest.fixture(scope="module", params=list(SETTINGS))
+# Each setting's reference runs are made once, on one xdist worker (make test: --dist loadgroup).
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(name, marks=pytest.mark.xdist_group(f"faults_training_{name}")) for name in SETTINGS],
+)
 def reference(request, small_data_dir, tmp_path_factory):
     """Two uninterrupted runs of the setting: their fingerprints and histories."""
     root = tmp_path_factory.mktemp(request.param)
@@ -181,6 +185,7 @@ def checkpoint_data(model_dir, step: int):
     return model_dir / "checkpoints" / "state" / f"step_{step:09d}" / "ckpt.data-00000-of-00001"
 
 
+@pytest.mark.xdist_group("faults_training_one_device")
 def test_damaged_checkpoints_are_reported_in_one_line_each_and_the_last_good_one_is_used(one_device):
     model_dir = one_device["root"] / "damaged"
     killed = train("one_device", model_dir, one_device["data"], fault="train_step:17")
@@ -202,6 +207,7 @@ def test_damaged_checkpoints_are_reported_in_one_line_each_and_the_last_good_one
     assert fingerprint(log) == one_device["fingerprint"]
 
 
+@pytest.mark.xdist_group("faults_training_one_device")
 def test_a_checkpoint_of_another_config_is_refused_in_one_line(one_device):
     model_dir = one_device["root"] / "first_config"
     train("one_device", model_dir, one_device["data"], fault="train_step:12")
@@ -215,6 +221,7 @@ def test_a_checkpoint_of_another_config_is_refused_in_one_line(one_device):
     assert not other.exists() or not list(other.iterdir())
 
 
+@pytest.mark.xdist_group("faults_training_one_device")
 def test_a_run_stopped_before_its_first_checkpoint_does_not_hold_its_model_dir(one_device):
     model_dir = one_device["root"] / "no_checkpoint"
     killed = train("one_device", model_dir, one_device["data"], fault="train_step:2")
@@ -238,6 +245,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", str(folder)])
 
 
+@pytest.mark.xdist_group("faults_training_one_device")
 def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_freed(one_device, tiny_disk):
     ballast = tiny_disk / "ballast"
     ballast.write_bytes(b"\0" * (1_600 * 1024))  # about 400 kB left: a few checkpoints, not the whole run
@@ -265,6 +273,7 @@ def wait_for_line(log_path: Path, text: str, process, timeout: float = 240):
         time.sleep(0.05)
 
 
+@pytest.mark.xdist_group("faults_training_one_device")
 def test_a_second_run_on_a_model_dir_a_live_run_holds_is_refused_and_a_killed_holders_hold_is_taken_over(
     one_device,
 ):
@@ -291,6 +300,7 @@ def test_a_second_run_on_a_model_dir_a_live_run_holds_is_refused_and_a_killed_ho
     assert fingerprint(log) == one_device["fingerprint"]
 
 
+@pytest.mark.xdist_group("faults_training_one_device")
 def test_a_resume_on_another_dataset_is_refused_saying_what_differs_and_changed_runtime_keys_are_said(
     one_device, tmp_path
 ):

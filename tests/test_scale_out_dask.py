@@ -15,7 +15,7 @@ from conftest import REPO, generate_args, run_command
 
 from pipeline import contract
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scale_out_dask")]  # one worker: module fixtures
 
 distributed = pytest.importorskip("dask.distributed", reason="the dask extra: pip install -e '.[dask]'")
 
