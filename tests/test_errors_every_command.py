@@ -234,7 +234,7 @@ BAD_INPUTS = [
      {"exit": 1, "full_disk": True, "process": True}),
     ("trainer.task", ["--model_dir={full}/model"], "no space left on the device",
      {"exit": 1, "full_disk": True, "process": True}),
-    # generate knows the bytes a build needs: it refuses before writing (a disk filling up midway: test_pipeline.py).
+    # generate knows the bytes a build needs and refuses before writing (filling midway: test_faults_generate.py).
     ("pipeline.generate", ["--data_dir={full}/data"], "the dataset needs about", {"exit": 2, "full_disk": True}),
     ("trainer.evaluate", ["--split=train", "--batch_size=2"], "interrupted by SIGTERM; run the same command again",
      {"exit": 143, "signal": signal.SIGTERM, "after": r"\[trainer.evaluate\] evaluating", "again": True}),

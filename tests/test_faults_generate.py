@@ -81,7 +81,7 @@ def test_a_damaged_build_is_refused_by_readers_and_rebuilt_by_generate(tiny_data
     DAMAGES[damage](folder)
     for name, reader in READERS.items():
         if name == "trainer" and damage == "shard truncated":
-            continue  # the trainer finds it when reading, names the bad record and can skip (test_reliability.py)
+            continue  # the trainer finds it when reading, names the bad record and can skip (test_faults_training.py)
         result = run_command(*reader(data_dir, tmp_path))
         assert result.returncode == 1, (name, result.stderr[-3000:])
         assert "Traceback" not in result.stderr, result.stderr[-3000:]

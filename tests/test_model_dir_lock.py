@@ -1,7 +1,7 @@
 """One writer per model_dir: the hold, its refusal naming the holder, and its release however the holder ends.
 
 The holders here are real processes (a short Python script), killed for real; trainer.task's use of the
-hold is tested with real training runs in test_resume.py and test_scale_out.py.
+hold is tested with real training runs in test_faults_training.py and test_scale_out_training.py.
 """
 
 from __future__ import annotations

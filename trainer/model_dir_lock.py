@@ -9,7 +9,7 @@ process that opened the file before it was removed takes no hold on the removed 
 
 flock is local to one machine's kernel (and to NFS servers that pass locks on). Object stores such as
 gs:// have no locks at all (no atomic create-if-absent through tf.io.gfile), so a gs:// model_dir is not
-locked: one job per gs:// model_dir is then the user's promise, as README.md says.
+locked: one job per gs:// model_dir is then the user's promise, as docs/training.md says.
 """
 
 from __future__ import annotations

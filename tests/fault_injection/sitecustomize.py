@@ -1,6 +1,6 @@
 """Test harness: faults injected into trainer processes started with FAULT_AT=<point>:<n>[:<signal>].
 
-Python imports this module at start-up when this folder is on PYTHONPATH (tests/test_resume.py puts
+Python imports this module at start-up when this folder is on PYTHONPATH (tests/test_faults_training.py puts
 it there). When trainer.train is imported, the process is made to signal itself (SIGKILL by default:
 no clean-up, as when a machine is lost) right after its n-th
   train_step        train step (mid-epoch),
