@@ -1,8 +1,8 @@
 """The tutorial's CNN-LSTM (README.md), with time folded into the batch; and computed from the path.
 
 The tutorial wraps Conv2D, MaxPooling2D and Flatten in TimeDistributed. Keras 3's
-TimeDistributed on the TensorFlow backend runs the wrapped layer frame by frame
-(3-6x slower on a GPU, out of memory at batch 1,024), so this model reshapes
+TimeDistributed on the TensorFlow backend runs the wrapped layer frame by frame (much
+slower, and out of memory at large batches on a GPU: BENCHMARKS.md), so this model reshapes
 [batch, frames, S, S, 1] into [batch * frames, S, S, 1], applies the very same
 layers once to all frames, and reshapes back to [batch, frames, features] for the
 LSTM. The layers, their shapes and the parameter count (240,661 at S = 50) are the
@@ -118,7 +118,7 @@ class XlaConv2D(keras.layers.Conv2D):
     """Conv2D on one-channel images as a sum of shifted products, for a model compiled with XLA.
 
     On a CPU, the library convolution of 1,600 one-channel 50x50 frames into 2 filters is mostly
-    overhead (90% of a train step), and XLA's own convolution is slower still; XLA fuses these
+    overhead (most of a train step: BENCHMARKS.md), and XLA's own convolution is slower still; XLA fuses these
     products, the bias and the ReLU into one pass. Same weights and outputs as Conv2D.
     """
 
