@@ -56,14 +56,25 @@ def shard(folder, split):
     return os.path.join(folder, contract.shard_file_name(split, "tfrecord", 0, 1))
 
 
+def trainer_reads(data_dir, tmp_path, capfd):
+    """What the trainer does first with a data_dir (trainer.task, trainer.evaluate), as a command would."""
+    from pipeline import cli
+    from trainer import input_pipeline
+
+    capfd.readouterr()
+    try:
+        code = cli.run_main("trainer", lambda argv: input_pipeline.load_builder(str(data_dir), 8) and 0, [])
+    except SystemExit as leaving:
+        code = leaving.code
+    return subprocess.CompletedProcess(["trainer"], code, *capfd.readouterr())
+
+
+# The readers of a build, in this process; pipeline.show also as a process, once (a shard deleted).
 READERS = {
-    "pipeline.show": lambda data_dir, tmp: ["-m", "pipeline.show", f"--data_dir={data_dir}", f"--out={tmp}/x.png"],
-    "trainer": lambda data_dir, tmp: [
-        "-c",
-        "import sys; from pipeline import cli; from trainer import input_pipeline; "
-        "sys.exit(cli.run_main('trainer', lambda argv: input_pipeline.load_builder(sys.argv[1], 8)))",
-        str(data_dir),
-    ],
+    "pipeline.show": lambda data_dir, tmp, capfd: run_in_process(
+        "pipeline.show", [f"--data_dir={data_dir}", f"--out={tmp}/x.png"], capfd
+    ),
+    "trainer": trainer_reads,
 }
 
 
@@ -75,19 +86,21 @@ def tiny_data_dir(tmp_path):
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
-def test_a_damaged_build_is_refused_by_readers_and_rebuilt_by_generate(tiny_data_dir, tmp_path, damage):
+def test_a_damaged_build_is_refused_by_readers_and_rebuilt_by_generate(tiny_data_dir, tmp_path, damage, capfd):
     data_dir, settings = tiny_data_dir
     folder = dataset_folder(data_dir, 8)
     DAMAGES[damage](folder)
     for name, reader in READERS.items():
         if name == "trainer" and damage == "shard truncated":
             continue  # the trainer finds it when reading, names the bad record and can skip (test_faults_training.py)
-        result = run_command(*reader(data_dir, tmp_path))
+        result = reader(data_dir, tmp_path, capfd)
+        if name == "pipeline.show" and damage == "shard deleted":
+            result = run_command("-m", "pipeline.show", f"--data_dir={data_dir}", f"--out={tmp_path}/x.png")
         assert result.returncode == 1, (name, result.stderr[-3000:])
         assert "Traceback" not in result.stderr, result.stderr[-3000:]
         assert f"the dataset in {folder} is damaged" in last_error_line(result, name), name
     # Other settings: the damage is reported, nothing is touched.
-    other = run_command(*generate_args(data_dir, {**settings, "num_train": 41}))
+    other = run_in_process("pipeline.generate", generate_args(data_dir, {**settings, "num_train": 41})[2:], capfd)
     assert_one_line_error(other, "pipeline.generate", 1, "is damaged", "rebuild it")
     again = run_command(*generate_args(data_dir, settings), check=True)
     if damage != "metadata unreadable":
