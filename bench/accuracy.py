@@ -2,9 +2,9 @@
 
 Wall time to the target test accuracy: for each config, generates its dataset
 (pipeline.generate with the config's counts), trains it (python -m trainer.task, start-up
-included, as the seed's 159 s was measured) and evaluates the exported SavedModel on the
-test split (python -m trainer.evaluate). Ends with one JSON line; seed_over_default is how
-many times longer the tutorial's recipe takes than configs/default.yaml.
+included, as the tutorial's own time was measured; BENCHMARKS.md) and evaluates the exported
+SavedModel on the test split (python -m trainer.evaluate). Ends with one JSON line;
+seed_over_default is how many times longer the tutorial's recipe takes than configs/default.yaml.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 `compress_video(video)` returns a zlib stream (RFC 1950 around one dynamic-Huffman
 RFC 1951 block) that decodes to exactly `video.tobytes()`. On moving-line videos it
-is several times faster than `zlib.compress` and smaller than its level 9, in pure
-Python and numpy; anything else goes to `zlib.compress` (level 6).
+is several times faster than `zlib.compress` and smaller than its level 9 (BENCHMARKS.md),
+in pure Python and numpy; anything else goes to `zlib.compress` (level 6).
 
 Why it can be fast: frame t of a moving-line video is frame t-1 plus one new pixel,
 and almost every byte is a zero. Once we know which pixel each frame adds, the

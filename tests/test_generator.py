@@ -1,4 +1,4 @@
-"""The generator follows SPEC.md exactly, and every example depends only on (seed, split, index)."""
+"""The generator follows the dataset card's process exactly, and every example depends only on (seed, split, index)."""
 
 import numpy as np
 import pytest

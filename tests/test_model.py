@@ -1,4 +1,4 @@
-"""The CNN-LSTM: SPEC.md's layers, shapes and 240,661 parameters, with time folded into the batch."""
+"""The CNN-LSTM: the tutorial's layers, shapes and 240,661 parameters, with time folded into the batch."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 The dataset is opened from its folder (tfds.builder with data_dir, no builder code
 needed). Training reads each example's `path` (100 bytes at S = 50, the pixel each frame
-lights), which the model renders into the video on the accelerator: inflating the stored
-125 kB videos on the host tops out near 2,500 videos/s per core, far below what one GPU
-trains on. Records stay serialized (about 500 bytes) through interleaving and the shuffle
+lights), from which the model computes the CNN-LSTM on the device (trainer.model.build_path_model):
+inflating the stored 125 kB videos on the host is far slower than what one GPU trains on
+(BENCHMARKS.md). Records stay serialized (about 500 bytes) through interleaving and the shuffle
 buffer and are parsed a batch at a time, so memory does not grow with the dataset.
 Evaluation of exported models reads the stored `video`, as any other project would.
 """

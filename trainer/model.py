@@ -1,4 +1,4 @@
-"""The tutorial's CNN-LSTM (README.md), with time folded into the batch; and computed from the path.
+"""The tutorial's CNN-LSTM (docs/training.md), with time folded into the batch; and computed from the path.
 
 The tutorial wraps Conv2D, MaxPooling2D and Flatten in TimeDistributed. Keras 3's
 TimeDistributed on the TensorFlow backend runs the wrapped layer frame by frame (much

@@ -26,7 +26,7 @@ import zlib
 from pipeline import cli
 
 PROG = "trainer.predict"
-# Label index -> name, as the dataset stores them (SPEC.md: 0 = left, 1 = right).
+# Label index -> name, as the dataset stores them (the dataset card: 0 = left, 1 = right).
 CLASS_NAMES = ("left", "right")
 BATCH = 256  # sequences per prediction call: 32 MB of uint8 videos at size 50
 NPY_MAGIC = b"\x93NUMPY"
