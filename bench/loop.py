@@ -115,8 +115,7 @@ def measure_one(args, builder, model_dir: str, model_name: str, batch_size: int)
               "validation_steps": 1, "incremental_model": model_name == "incremental"}  # fmt: skip
     strategy = distribution.make_strategy(config, None)
     plan = train.plan_run(builder, config)
-    loop = train.Loop(config=config, builder=builder, strategy=strategy, plan=plan,
-                      paths=outputs.output_paths(model_dir), chief=True, workers=1,
+    loop = train.Loop(config, builder, strategy, plan, outputs.output_paths(model_dir), team=train.Team(),
                       stop=preemption.StopRequest("bench loop"), log=lambda message: None)  # fmt: skip
     with strategy.scope():
         fit_model = model_lib.build_path_model(

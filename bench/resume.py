@@ -96,15 +96,14 @@ def measure(args, data_dir: str, work: str) -> int:
     plan = train.plan_run(builder, config)
 
     def loop_in(model_dir: str):
-        return train.Loop(config=config, builder=builder, strategy=strategy, plan=plan,
-                          paths=outputs.output_paths(model_dir), chief=True, workers=1,
+        return train.Loop(config, builder, strategy, plan, outputs.output_paths(model_dir), team=train.Team(),
                           stop=preemption.StopRequest("bench resume"), log=lambda message: None)  # fmt: skip
 
     loop = loop_in(os.path.join(work, "checkpoint"))
     writes, restores = [], []
     for repeat in range(args.repeats):
         start = time.perf_counter()
-        folder = checkpoints.save(loop.checkpoint, loop.paths.checkpoints, checkpoints.Progress(repeat + 1), config,
+        folder = checkpoints.save(loop.checkpoint, loop.paths.checkpoints, checkpoints.Position(repeat + 1), config,
                                   loop.dataset, keep=1)  # fmt: skip
         writes.append(time.perf_counter() - start)
         start = time.perf_counter()
@@ -131,7 +130,7 @@ def measure(args, data_dir: str, work: str) -> int:
                 with open(os.path.join(model_dir, "config.yaml"), "w") as copy:
                     copy.write(file.read())
             checkpoints.save(prepared.checkpoint, prepared.paths.checkpoints,
-                             checkpoints.Progress(step, step // steps_per_epoch), config, prepared.dataset,
+                             checkpoints.Position(step, step // steps_per_epoch), config, prepared.dataset,
                              keep=1)  # fmt: skip
         end_to_end[name] = round(seconds_to_first_step(config_path, data_dir, model_dir), 2)
         print(f"  trainer.task from its start to its first step, {name}: {end_to_end[name]:.2f} s", flush=True)

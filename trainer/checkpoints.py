@@ -18,6 +18,7 @@ import json
 import os
 import re
 
+import numpy as np
 import tensorflow as tf
 
 from pipeline import cli
@@ -32,13 +33,61 @@ FOLDER_PATTERN = re.compile(r"step_(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
-class Progress:
+class Sums:
+    """Sums over train or validation steps: the loss summed over examples, the correct predictions, the examples.
+
+    float64 (numpy's), added in the order the steps ran: a resumed run's sums are those of a run never stopped.
+    """
+
+    loss: float = 0.0
+    correct: float = 0.0
+    examples: float = 0.0
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, np.float64(getattr(self, field.name)))
+
+    @classmethod
+    def of(cls, values) -> Sums:
+        """From a step's [loss sum, correct, examples] (a tensor's numpy value, or a manifest's list)."""
+        loss, correct, examples = np.asarray(values, np.float64)
+        return cls(loss, correct, examples)
+
+    def __add__(self, other: Sums) -> Sums:
+        return Sums(self.loss + other.loss, self.correct + other.correct, self.examples + other.examples)
+
+    def as_list(self) -> list[float]:
+        """What a manifest stores: [loss, correct, examples]."""
+        return [float(self.loss), float(self.correct), float(self.examples)]
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / self.examples
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.examples
+
+    def metrics(self) -> dict[str, float]:
+        return {"loss": self.mean_loss, "accuracy": self.accuracy}
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
     """Where a run stands: steps taken, epochs whose end-of-epoch work is done, the current epoch's sums."""
 
     step: int = 0
     epochs_done: int = 0
-    # Training loss sum, correct predictions and examples of the epoch in progress (history stays exact on resume).
-    epoch_sums: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # The training sums of the epoch in progress (its history stays exact on resume).
+    epoch_sums: Sums = Sums()
+
+    def manifest(self) -> dict:
+        """The manifest's keys for this position (epoch_sums as a list of 3, as checkpoints always stored it)."""
+        return {"step": self.step, "epochs_done": self.epochs_done, "epoch_sums": self.epoch_sums.as_list()}
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> Position:
+        return cls(manifest["step"], manifest["epochs_done"], Sums.of([float(v) for v in manifest["epoch_sums"]]))
 
 
 def state_folder(checkpoints: str) -> str:
@@ -60,13 +109,13 @@ def has_finished_checkpoint(checkpoints: str) -> bool:
 
 
 def save(
-    checkpoint: tf.train.Checkpoint, checkpoints: str, progress: Progress, config: dict, dataset: dict, keep: int
+    checkpoint: tf.train.Checkpoint, checkpoints: str, position: Position, config: dict, dataset: dict, keep: int
 ) -> str:
-    """Writes checkpoint at progress.step, then its manifest; removes all but the newest `keep` finished ones.
+    """Writes checkpoint at position.step, then its manifest; removes all but the newest `keep` finished ones.
 
     dataset: what the run trains on (trainer.input_pipeline.describe_dataset), checked on resume.
     """
-    folder = os.path.join(state_folder(checkpoints), f"step_{progress.step:09d}")
+    folder = os.path.join(state_folder(checkpoints), f"step_{position.step:09d}")
     files.remove(folder)  # a write of this step cut short, or an older save of it
     try:
         tf.io.gfile.makedirs(folder)
@@ -74,7 +123,7 @@ def save(
         names = sorted(name for name in tf.io.gfile.listdir(folder) if name.startswith(PREFIX))
         manifest = {
             "format": FORMAT,
-            **dataclasses.asdict(progress),
+            **position.manifest(),
             "config": config,
             "dataset": dataset,
             "sha256": {name: files.sha256(os.path.join(folder, name)) for name in names},
@@ -89,7 +138,7 @@ def save(
     oldest_kept = finished[keep - 1] if len(finished) >= keep else 0
     for step, old in found:
         # Older than the newest `keep`, or a write cut short before this one.
-        if step < oldest_kept or (step not in finished and step < progress.step):
+        if step < oldest_kept or (step not in finished and step < position.step):
             files.remove(old)
     return folder
 
@@ -117,8 +166,8 @@ def check(folder: str) -> tuple[dict | None, str | None]:
 
 def restore_latest(
     checkpoint: tf.train.Checkpoint, checkpoints: str, config: dict, dataset: dict, log
-) -> Progress | None:
-    """Restores the newest good checkpoint into checkpoint; its Progress, or None when there is none.
+) -> Position | None:
+    """Restores the newest good checkpoint into checkpoint; its Position, or None when there is none.
 
     Damaged or unfinished checkpoints newer than it are reported through log, one line each. A checkpoint
     written with another config (runtime keys aside) or on another dataset is refused with a UsageError;
@@ -148,8 +197,7 @@ def restore_latest(
             except (tf.errors.OpError, AssertionError, ValueError) as error:
                 problem = f"TensorFlow could not read it ({type(error).__name__})"
             else:
-                sums = tuple(float(value) for value in manifest["epoch_sums"])
-                return Progress(manifest["step"], manifest["epochs_done"], sums)
+                return Position.from_manifest(manifest)
         log(f"checkpoint {folder} is not usable: {problem}; trying the one before it")
     return None
 

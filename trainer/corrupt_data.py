@@ -88,6 +88,18 @@ def named_in_errors(builder, splits, skip_hint: str):
         ) from error
 
 
+@contextlib.contextmanager
+def reading(prog: str, builder, splits, skip: bool, skip_hint: str):
+    """All a run does about damaged shards of the splits it reads, in one place: with skip (skip_corrupt_records)
+    it logs first how many records each split loses; then a read error inside is named in one line
+    (named_in_errors). Enter it after the strategy: scanning the shards runs TensorFlow."""
+    if skip:
+        for split in splits:
+            log_skipped(prog, builder, split)
+    with named_in_errors(builder, splits, skip_hint):
+        yield
+
+
 def log_skipped(prog: str, builder, split: str, read: int | None = None) -> int:
     """Logs how many records of a split are skipped as unreadable (read: records a full pass got, if known)."""
     expected = builder.info.splits[split].num_examples

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 import time
 
@@ -85,7 +86,7 @@ def main(argv=None):
     distribution.split_cpu(config["logical_cpu_devices"])
 
     # Data: read before anything is written, so a wrong data_dir leaves model_dir untouched.
-    from trainer import corrupt_data, input_pipeline, train
+    from trainer import input_pipeline, train
 
     builder = input_pipeline.load_builder(args.data_dir, config["size"])
     input_pipeline.check_data_seed(builder, config["data_seed"])
@@ -98,10 +99,6 @@ def main(argv=None):
     if cluster is not None:
         stop.install()  # TensorFlow's coordination service took SIGTERM while the workers joined
         preemption.tell_supervisor_ready()
-    if config["skip_corrupt_records"]:
-        # Reading runs TensorFlow, which must come after the strategy (it configures TensorFlow's start).
-        for split in ("train", "validation"):
-            corrupt_data.log_skipped(PROG, builder, split)
     chief = cluster is None or cluster.is_chief
 
     # One writer: the chief (the only process that writes) holds model_dir until it ends, however it ends.
@@ -112,8 +109,8 @@ def main(argv=None):
         if state == "finished":
             log(f"{paths.model_dir} already holds this run, trained and exported; nothing to do")
             return 0
-        loop, progress = build_and_restore(args, config, cluster, paths, builder, plan, strategy, stop, state)
-        return train_and_finish(config, cluster, paths, builder, stop, loop, progress)
+        loop, position = build_and_restore(args, config, cluster, paths, builder, plan, strategy, stop, state)
+        return train_and_finish(config, cluster, paths, builder, stop, loop, position)
     except BaseException:
         # Refused, or failed before its first file (a full disk): a model_dir made for the hold goes again.
         hold.release_untouched()
@@ -123,7 +120,7 @@ def main(argv=None):
 
 
 def build_and_restore(args, config, cluster, paths, builder, plan, strategy, stop, state):
-    """The Loop (model and optimizer under the strategy) and the Progress of the checkpoint it restored (or None)."""
+    """The Loop (model and optimizer under the strategy) and the Position of the checkpoint it restored (or None)."""
     from trainer import checkpoints, input_pipeline, train
     from trainer.training_log import count
 
@@ -141,20 +138,12 @@ def build_and_restore(args, config, cluster, paths, builder, plan, strategy, sto
     if args.tf_data_service:
         log(f"training batches come from the tf.data service at {args.tf_data_service}")
     # Model, and the checkpoint to resume from.
-    loop = train.Loop(
-        config=config,
-        builder=builder,
-        strategy=strategy,
-        plan=plan,
-        paths=paths,
-        chief=chief,
-        workers=workers,
-        stop=stop,
-        log=log,
-        data_service=args.tf_data_service,
-        data_service_job=f"moving_line_train_{hashlib.sha1(paths.model_dir.encode()).hexdigest()[:12]}",
-        peers=cluster.peers() if cluster else None,
-    )
+    team = train.Team(workers, chief, cluster.peers() if cluster else {})
+    data_service = None
+    if args.tf_data_service:
+        job = f"moving_line_train_{hashlib.sha1(paths.model_dir.encode()).hexdigest()[:12]}"  # shared by the workers
+        data_service = train.DataService(args.tf_data_service, job)
+    loop = train.Loop(config, builder, strategy, plan, paths, team=team, stop=stop, log=log, data_service=data_service)
     if chief and state == "new":
         loop.model.get_layer("cnn_lstm").summary(print_fn=lambda text, **_: [log(line) for line in text.splitlines()])
     how = ("the CNN-LSTM computed from each video's path without drawing a frame (PathConv2D, PathLSTM)"
@@ -163,20 +152,20 @@ def build_and_restore(args, config, cluster, paths, builder, plan, strategy, sto
            if config["xla_layers"] else "no XLA")  # fmt: skip
     log(f"training {how}; {xla}")
     dataset = input_pipeline.describe_dataset(builder)
-    progress = checkpoints.restore_latest(loop.checkpoint, paths.checkpoints, config, dataset, log)
-    if progress is not None:
-        epoch, into = divmod(progress.step, plan.steps_per_epoch)
+    position = checkpoints.restore_latest(loop.checkpoint, paths.checkpoints, config, dataset, log)
+    if position is not None:
+        epoch, into = divmod(position.step, plan.steps_per_epoch)
         where = (
             f"the end of epoch {epoch}, before its validation"
-            if progress.epochs_done < epoch
+            if position.epochs_done < epoch
             else f"epoch {epoch + 1}, {count(into, 'step')} into it"
         )
-        log(f"resuming at step {progress.step} of {plan.total_steps} ({where})")
-    return loop, progress
+        log(f"resuming at step {position.step} of {plan.total_steps} ({where})")
+    return loop, position
 
 
-def train_and_finish(config, cluster, paths, builder, stop, loop, progress):
-    """Training from progress on, then (on the chief) the outputs; the exit code."""
+def train_and_finish(config, cluster, paths, builder, stop, loop, position):
+    """Training from position on (from the start when None), then (on the chief) the outputs; the exit code."""
     from trainer import checkpoints, corrupt_data, files, train
 
     chief = loop.chief
@@ -184,17 +173,23 @@ def train_and_finish(config, cluster, paths, builder, stop, loop, progress):
     if chief:
         files.remove_partials(paths.model_dir)
         files.remove_partials(paths.checkpoints)
-        if progress is None:
+        if position is None:
             # A run stopped before its first checkpoint may have left an epoch's history: this run starts over.
             for stale in (paths.history_csv, paths.history_json):
                 files.remove(stale)
     resume = "free some space and run the same command again to resume from the last checkpoint"
-    with files.disk_full_is_a_fault(resume), corrupt_data.named_in_errors(builder, ("train", "validation"), SKIP_HINT):
-        outcome = loop.run(progress or checkpoints.Progress())
+    # Damaged shards: with skip_corrupt_records, how many records each split loses is logged first; a read
+    # error inside names the shard in one line. Reading runs TensorFlow, which comes after the strategy.
+    splits = ("train", "validation")
+    with (
+        files.disk_full_is_a_fault(resume),
+        corrupt_data.reading(PROG, builder, splits, config["skip_corrupt_records"], SKIP_HINT),
+    ):
+        outcome = loop.run(position or checkpoints.Position())
     stop.uninstall()  # from here on a signal ends the command at once; the outputs are written atomically
     if outcome.weights is None:
         raise cli.FaultError(
-            f"stopped by {'SIGTERM' if outcome.stop_signal == 15 else 'SIGINT'} at {outcome.stopped_at}; "
+            f"stopped by {signal.Signals(outcome.stop_signal).name} at {outcome.stopped_at}; "
             f"{stop.resume_hint}; run the same command again to resume",
             exit_code=cli.interrupted_exit(outcome.stop_signal),
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import signal
 import time
 
 import keras
@@ -72,12 +73,49 @@ def plan_run(builder, config: dict) -> Plan:
     return Plan(config["epochs"], steps_per_epoch, validation_steps, batch_size, num_train)
 
 
+@dataclasses.dataclass(frozen=True)
+class Team:
+    """The workers a run trains with: how many, whether this one writes (the chief), the others' addresses."""
+
+    workers: int = 1
+    chief: bool = True
+    peers: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> address, to say which was lost
+
+
+@dataclasses.dataclass(frozen=True)
+class DataService:
+    """A tf.data service that makes the training batches: its dispatcher and the job the workers share."""
+
+    address: str
+    job: str
+
+
 @dataclasses.dataclass
 class Outcome:
-    progress: checkpoints.Progress
+    position: checkpoints.Position
     weights: list[np.ndarray] | None = None  # None when the run stopped before its end
     stop_signal: int | None = None
     stopped_at: str = ""
+
+
+@dataclasses.dataclass
+class EpochTraining:
+    """An epoch's train steps: the step reached, the epoch's sums, steps run and seconds here; stopped: the
+    outcome when every worker stopped midway."""
+
+    epoch: int
+    step: int
+    sums: checkpoints.Sums
+    steps_run: int
+    seconds: float
+    stopped: Outcome | None = None
+
+
+@dataclasses.dataclass
+class EpochValidation:
+    sums: checkpoints.Sums
+    seconds: float
+    stopped: Outcome | None = None
 
 
 def weights_fingerprint(weights) -> str:
@@ -92,23 +130,11 @@ class Loop:
     """One run's model, optimizer, steps, input and outputs (built under the strategy)."""
 
     def __init__(
-        self,
-        *,
-        config,
-        builder,
-        strategy,
-        plan: Plan,
-        paths,
-        chief: bool,
-        workers: int,
-        stop,
-        log,
-        data_service: str | None = None,
-        data_service_job: str | None = None,
-        peers: dict[str, str] | None = None,
+        self, config, builder, strategy, plan: Plan, paths, *, team: Team, stop, log, data_service: DataService = None
     ):
         self.config, self.builder, self.strategy, self.plan, self.paths = config, builder, strategy, plan, paths
-        self.chief, self.workers, self.stop, self.log = chief, workers, stop, log
+        self.team, self.stop, self.log, self.data_service = team, stop, log, data_service
+        self.chief, self.workers = team.chief, team.workers
         self.replicas = strategy.num_replicas_in_sync
         if plan.batch_size % self.replicas:
             raise cli.UsageError(f"batch_size {plan.batch_size} does not split evenly over {self.replicas} replicas")
@@ -124,9 +150,8 @@ class Loop:
             self.optimizer.build(self.model.trainable_variables)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
         self.dataset = input_pipeline.describe_dataset(builder)  # what the checkpoints record
-        self.data_service, self.data_service_job = data_service, data_service_job
-        self.peers = peers or {}  # the other workers' addresses by name, to say which was lost
-        self.saved: checkpoints.Progress | None = None
+        self.saved: checkpoints.Position | None = None
+        self.first_step_logged = False
         self._build_steps()
 
     # The steps.
@@ -213,122 +238,123 @@ class Loop:
             raise error if error is not None else corrupt_data.PeerReadError()
         return (batch, None) if not agreed.any() else (None, agreed)
 
-    def take_step(self, iterator) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """One train step on the next batch: (loss sum, correct, examples), or (None, why every worker stops)."""
+    def take_step(self, iterator) -> tuple[checkpoints.Sums | None, np.ndarray | None]:
+        """One train step on the next batch: its sums, or (None, why every worker stops)."""
         batch, agreed = self.next_batch(iterator)
         if batch is None:
             return None, agreed
-        return self.train_step(batch).numpy().astype(np.float64), None
+        return checkpoints.Sums.of(self.train_step(batch).numpy()), None
 
     def stop_signal(self, agreed) -> int:
-        return 15 if agreed[STOP_SIGTERM] else 2
+        return signal.SIGTERM if agreed[STOP_SIGTERM] else signal.SIGINT
 
     # The run.
 
-    def run(self, progress: checkpoints.Progress) -> Outcome:
-        plan, config = self.plan, self.config
+    def run(self, position: checkpoints.Position) -> Outcome:
+        """Trains from position to the end of the plan, epoch by epoch: training, validation, the epoch's end."""
         if self.workers > 1:
-            self.check_same_start(progress.step)
-        strategy = self.strategy
-        start = time.monotonic()
-        if self.data_service:
-
-            def training_input(context):  # noqa: E306
-                return input_pipeline.data_service_dataset(
-                    self.builder, config, self.data_service, self.data_service_job, context
-                )
-        else:
-
-            def training_input(context):  # noqa: E306
-                return input_pipeline.training_dataset(
-                    self.builder,
-                    config,
-                    steps_per_epoch=plan.steps_per_epoch,
-                    epochs=plan.epochs,
-                    start_step=progress.step,
-                    input_context=context,
-                    log=self.log,
-                )
-
-        train_batches = iter(strategy.distribute_datasets_from_function(training_input))
-        validation = iter(
-            strategy.distribute_datasets_from_function(
-                lambda context: input_pipeline.validation_dataset(self.builder, config, plan.validation_steps, context)
-            )
-        )
+            self.check_same_start(position.step)
+        self.started, self.step = time.monotonic(), position.step
+        train_batches, validation_batches = self.inputs(position.step)
         if self.chief:
             # It binds the model_dir only once a checkpoint exists (trainer.outputs.check_model_dir).
-            files.write_atomically(self.paths.config, config_lib.dump(config))
+            files.write_atomically(self.paths.config, config_lib.dump(self.config))
         scalars = training_log.Scalars(self.paths.logs) if self.chief else None
-        display = training_log.Progress("trainer.task", config["verbose"])
-        step, epoch_sums = progress.step, np.array(progress.epoch_sums, np.float64)
-        first_new_step = True
+        line = training_log.ProgressLine("trainer.task", self.config["verbose"])
         try:
-            for epoch in range(progress.epochs_done, plan.epochs):
-                epoch_end = (epoch + 1) * plan.steps_per_epoch
-                epoch_start_time, steps_run, interval = time.monotonic(), 0, (time.monotonic(), step)
-                while step < epoch_end:
-                    step_sums, agreed = self.take_step(train_batches)
-                    if step_sums is None:
-                        display.clear()
-                        return self.save_stopped(step, epoch, epoch_sums, agreed, "training")
-                    if first_new_step:
-                        first_new_step = False
-                        self.log(
-                            f"first step of this run after {time.monotonic() - start:.1f} s (input position, "
-                            "compilation)"
-                        )
-                    step, steps_run = step + 1, steps_run + 1
-                    epoch_sums += step_sums
-                    metrics = {"loss": epoch_sums[0] / epoch_sums[2], "accuracy": epoch_sums[1] / epoch_sums[2]}
-                    display.update(
-                        epoch + 1, plan.epochs, step - epoch * plan.steps_per_epoch, plan.steps_per_epoch, metrics
-                    )
-                    if scalars and step % self.scalar_every == 0:
-                        seconds = time.monotonic() - interval[0]
-                        scalars.step(
-                            step,
-                            {
-                                "loss": step_sums[0] / step_sums[2],
-                                "accuracy": step_sums[1] / step_sums[2],
-                                "learning_rate": self.learning_rate(),
-                                "throughput": (step - interval[1]) * plan.batch_size / max(seconds, 1e-9),
-                            },
-                        )
-                        interval = (time.monotonic(), step)
-                    every = config["checkpoint_every_steps"]
-                    if every and step % every == 0 and step < epoch_end:
-                        self.save(checkpoints.Progress(step, epoch, tuple(epoch_sums)))
-                train_seconds = time.monotonic() - epoch_start_time
-                validation_start = time.monotonic()
-                validation_sums = np.zeros(3, np.float64)
-                for _ in range(plan.validation_steps):
-                    batch, agreed = self.next_batch(validation)
-                    if batch is None:
-                        return self.save_stopped(step, epoch, epoch_sums, agreed, "validation")
-                    validation_sums += self.validation_step(batch).numpy()
-                validation_seconds = time.monotonic() - validation_start
-                self.end_epoch(
-                    epoch, epoch_sums, validation_sums, steps_run, train_seconds, validation_seconds, scalars, display
-                )
-                epoch_sums = np.zeros(3, np.float64)
-                self.save(checkpoints.Progress(step, epoch + 1))
+            while position.epochs_done < self.plan.epochs:
+                trained = self.train_epoch(train_batches, position, line, scalars)
+                if trained.stopped:
+                    return trained.stopped
+                validated = self.validate(validation_batches, trained)
+                if validated.stopped:
+                    return validated.stopped
+                self.end_epoch(trained, validated, scalars, line)
+                position = checkpoints.Position(trained.step, trained.epoch + 1)
+                self.save(position)
         except LOST_PEER_ERRORS as error:
             if self.workers == 1:
                 raise
             raise cli.FaultError(
-                f"lost contact with {self.lost_peers()} ({type(error).__name__}) at step {step}; start every worker "
-                "again with the same command to resume from the last checkpoint"
+                f"lost contact with {self.lost_peers()} ({type(error).__name__}) at step {self.step}; start every "
+                "worker again with the same command to resume from the last checkpoint"
             ) from None
         finally:
             if scalars:
                 scalars.close()
         self.stop.stopped()
-        return Outcome(checkpoints.Progress(step, plan.epochs), weights=self.model.get_weights())
+        return Outcome(position, weights=self.model.get_weights())
+
+    def inputs(self, start_step: int):
+        """The distributed training stream from start_step on (from the tf.data service when given), and the
+        validation stream."""
+        config, plan, builder = self.config, self.plan, self.builder
+
+        def training_input(context):
+            if self.data_service:
+                address, job = self.data_service.address, self.data_service.job
+                return input_pipeline.data_service_dataset(builder, config, address, job, context)
+            return input_pipeline.training_dataset(
+                builder,
+                config,
+                steps_per_epoch=plan.steps_per_epoch,
+                epochs=plan.epochs,
+                start_step=start_step,
+                input_context=context,
+                log=self.log,
+            )
+
+        def validation_input(context):
+            return input_pipeline.validation_dataset(builder, config, plan.validation_steps, context)
+
+        distribute = self.strategy.distribute_datasets_from_function
+        return iter(distribute(training_input)), iter(distribute(validation_input))
+
+    def train_epoch(self, batches, position: checkpoints.Position, line, scalars) -> EpochTraining:
+        """The train steps of epoch position.epochs_done, from position (its start, or where a resumed run stood)."""
+        plan, epoch = self.plan, position.epochs_done
+        epoch_end = (epoch + 1) * plan.steps_per_epoch
+        step, sums = position.step, position.epoch_sums
+        began, steps_run, interval = time.monotonic(), 0, (time.monotonic(), step)
+        while step < epoch_end:
+            step_sums, agreed = self.take_step(batches)
+            if step_sums is None:
+                line.clear()
+                stopped = self.save_stopped(step, epoch, sums, agreed, "training")
+                return EpochTraining(epoch, step, sums, steps_run, time.monotonic() - began, stopped)
+            if not self.first_step_logged:
+                self.first_step_logged = True
+                seconds = time.monotonic() - self.started
+                self.log(f"first step of this run after {seconds:.1f} s (input position, compilation)")
+            step, steps_run, sums = step + 1, steps_run + 1, sums + step_sums
+            self.step = step
+            into_epoch = step - epoch * plan.steps_per_epoch
+            line.update(epoch + 1, plan.epochs, into_epoch, plan.steps_per_epoch, sums.metrics())
+            if scalars and step % self.scalar_every == 0:
+                seconds = time.monotonic() - interval[0]
+                throughput = (step - interval[1]) * plan.batch_size / max(seconds, 1e-9)
+                metrics = {**step_sums.metrics(), "learning_rate": self.learning_rate(), "throughput": throughput}
+                scalars.step(step, metrics)
+                interval = (time.monotonic(), step)
+            every = self.config["checkpoint_every_steps"]
+            if every and step % every == 0 and step < epoch_end:
+                self.save(checkpoints.Position(step, epoch, sums))
+        return EpochTraining(epoch, step, sums, steps_run, time.monotonic() - began)
+
+    def validate(self, batches, trained: EpochTraining) -> EpochValidation:
+        """The epoch's validation steps (the same first batches of the validation split every epoch)."""
+        began, sums = time.monotonic(), checkpoints.Sums()
+        for _ in range(self.plan.validation_steps):
+            batch, agreed = self.next_batch(batches)
+            if batch is None:
+                stopped = self.save_stopped(trained.step, trained.epoch, trained.sums, agreed, "validation")
+                return EpochValidation(sums, 0.0, stopped)
+            sums = sums + checkpoints.Sums.of(self.validation_step(batch).numpy())
+        return EpochValidation(sums, time.monotonic() - began)
 
     def lost_peers(self) -> str:
         """Which workers no longer answer at their TF_CONFIG address (a killed worker's server is gone)."""
-        gone = [f"{name} ({address})" for name, address in self.peers.items() if not preemption.listening(address)]
+        gone = [f"{name} ({address})" for name, address in self.team.peers.items() if not preemption.listening(address)]
         return ", ".join(gone) if gone else "another worker (every one still answers: one may hang)"
 
     @property
@@ -348,20 +374,16 @@ class Loop:
                 "folder that every worker reaches, such as gs://BUCKET/model"
             )
 
-    def end_epoch(
-        self, epoch, epoch_sums, validation_sums, steps_run, train_seconds, validation_seconds, scalars, display
-    ):
-        train = {"loss": epoch_sums[0] / epoch_sums[2], "accuracy": epoch_sums[1] / epoch_sums[2]}
-        validation = {
-            "loss": validation_sums[0] / validation_sums[2],
-            "accuracy": validation_sums[1] / validation_sums[2],
-        }
+    def end_epoch(self, trained: EpochTraining, validated: EpochValidation, scalars, line):
+        """The epoch's line; on the chief its history row, TensorBoard scalars and model.keras."""
+        epoch = trained.epoch
+        train, validation = trained.sums.metrics(), validated.sums.metrics()
         learning_rate = self.learning_rate()
-        throughput = steps_run * self.plan.batch_size / train_seconds if steps_run else 0.0
-        display.line(
-            f"epoch {epoch + 1}/{self.plan.epochs}: {training_log.count(steps_run, 'step')} in {train_seconds:.1f} s, "
-            f"{throughput:,.0f} "
-            f"sequences/s, then {validation_seconds:.1f} s validating; "
+        steps_run, seconds = trained.steps_run, trained.seconds
+        throughput = steps_run * self.plan.batch_size / seconds if steps_run else 0.0
+        line.line(
+            f"epoch {epoch + 1}/{self.plan.epochs}: {training_log.count(steps_run, 'step')} in {seconds:.1f} s, "
+            f"{throughput:,.0f} sequences/s, then {validated.seconds:.1f} s validating; "
             + training_log.describe_metrics(
                 {
                     **train,
@@ -394,28 +416,28 @@ class Loop:
         model.set_weights(self.model.get_weights())
         return model
 
-    def save(self, progress: checkpoints.Progress):
-        if progress.step == 0 and progress.epochs_done == 0 or progress == self.saved:
+    def save(self, position: checkpoints.Position):
+        if position.step == 0 and position.epochs_done == 0 or position == self.saved:
             return  # nothing learnt yet, or saved already
-        self.saved = progress
+        self.saved = position
         if not self.chief:
             # One checkpoint for all, the chief's: every worker holds the same state at the same step.
-            self.stop.resume_hint = f"the chief saves the checkpoint of step {progress.step}"
+            self.stop.resume_hint = f"the chief saves the checkpoint of step {position.step}"
             return
         folder = checkpoints.save(
             self.checkpoint,
             self.paths.checkpoints,
-            progress,
+            position,
             self.config,
             self.dataset,
             self.config["keep_checkpoints"],
         )
-        self.stop.resume_hint = f"the last checkpoint is {folder} (step {progress.step})"
+        self.stop.resume_hint = f"the last checkpoint is {folder} (step {position.step})"
 
-    def save_stopped(self, step, epoch, epoch_sums, agreed, where) -> Outcome:
-        progress = checkpoints.Progress(step, epoch, tuple(epoch_sums))
-        self.save(progress)
+    def save_stopped(self, step, epoch, epoch_sums: checkpoints.Sums, agreed, where) -> Outcome:
+        position = checkpoints.Position(step, epoch, epoch_sums)
+        self.save(position)
         self.stop.stopped()
         return Outcome(
-            progress, stop_signal=self.stop_signal(agreed), stopped_at=f"step {step} ({where} of epoch {epoch + 1})"
+            position, stop_signal=self.stop_signal(agreed), stopped_at=f"step {step} ({where} of epoch {epoch + 1})"
         )

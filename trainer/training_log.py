@@ -33,8 +33,9 @@ def describe_metrics(metrics: dict[str, float]) -> str:
     )
 
 
-class Progress:
-    """Progress within an epoch and the line that ends it (verbose: 0 silent, 1 progress, 2 epoch lines only)."""
+class ProgressLine:
+    """The console's progress line within an epoch, and the line that ends it (verbose: 0 silent, 1 progress,
+    2 epoch lines only)."""
 
     def __init__(self, prog: str, verbose: int, stream=None):
         self.prog, self.verbose = prog, verbose
