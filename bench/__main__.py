@@ -1,4 +1,4 @@
-"""python -m bench NAME [NAME ...] | all
+"""python -m bench NAME [FLAGS ...] | all
 
 Each benchmark measures side by side in one process, prints what it does, and ends
 with one line of JSON holding its figures and ratios.
