@@ -60,16 +60,9 @@ class Sums:
         """What a manifest stores: [loss, correct, examples]."""
         return [float(self.loss), float(self.correct), float(self.examples)]
 
-    @property
-    def mean_loss(self) -> float:
-        return self.loss / self.examples
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.examples
-
     def metrics(self) -> dict[str, float]:
-        return {"loss": self.mean_loss, "accuracy": self.accuracy}
+        """The mean loss and the accuracy over the examples summed."""
+        return {"loss": self.loss / self.examples, "accuracy": self.correct / self.examples}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +80,7 @@ class Position:
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> Position:
-        return cls(manifest["step"], manifest["epochs_done"], Sums.of([float(v) for v in manifest["epoch_sums"]]))
+        return cls(manifest["step"], manifest["epochs_done"], Sums.of(manifest["epoch_sums"]))
 
 
 def state_folder(checkpoints: str) -> str:

@@ -134,7 +134,6 @@ class Loop:
     ):
         self.config, self.builder, self.strategy, self.plan, self.paths = config, builder, strategy, plan, paths
         self.team, self.stop, self.log, self.data_service = team, stop, log, data_service
-        self.chief, self.workers = team.chief, team.workers
         self.replicas = strategy.num_replicas_in_sync
         if plan.batch_size % self.replicas:
             raise cli.UsageError(f"batch_size {plan.batch_size} does not split evenly over {self.replicas} replicas")
@@ -153,6 +152,14 @@ class Loop:
         self.saved: checkpoints.Position | None = None
         self.first_step_logged = False
         self._build_steps()
+
+    @property
+    def chief(self) -> bool:
+        return self.team.chief
+
+    @property
+    def workers(self) -> int:
+        return self.team.workers
 
     # The steps.
 
