@@ -349,7 +349,10 @@ def main(argv=None):
     try:
         with (
             exclusive_build(config_folder),
-            tempfile.TemporaryDirectory(prefix="moving-line-downloads-") as downloads,
+            # Beside the build, like TFDS's incomplete folders: a killed run's is cleared with them, not left in /tmp.
+            tempfile.TemporaryDirectory(
+                prefix="incomplete.downloads-", dir=None if remote else config_folder
+            ) as downloads,
         ):
             if num_workers and not remote:
                 # Beside the build, where the workers write (a cluster's included), named like TFDS's incomplete

@@ -7,6 +7,7 @@ import contextlib
 import glob
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import time
 
 import pytest
 from built_data import VERSION, assert_one_line_error, dataset_folder, expected_digests, read_without_project
-from conftest import REPO, generate_args, last_error_line, run_command, run_in_process, snapshot
+from conftest import REPO, generate_args, last_error_line, made_once, run_command, run_in_process, snapshot
 
 from pipeline import contract
 
@@ -78,11 +79,17 @@ READERS = {
 }
 
 
+TINY = {"size": 8, "num_train": 40, "num_validation": 8, "num_test": 8, "seed": 1}
+
+
 @pytest.fixture
-def tiny_data_dir(tmp_path):
-    settings = {"size": 8, "num_train": 40, "num_validation": 8, "num_test": 8, "seed": 1}
-    run_command(*generate_args(tmp_path / "data", settings), check=True)
-    return tmp_path / "data", settings
+def tiny_data_dir(tmp_path_factory, worker_id, tmp_path):
+    """A copy, for this test to damage, of a tiny build made once."""
+    built = made_once(
+        tmp_path_factory, worker_id, "tiny_data", lambda folder: run_command(*generate_args(folder, TINY), check=True)
+    )
+    shutil.copytree(built, tmp_path / "data")
+    return tmp_path / "data", TINY
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))

@@ -37,10 +37,11 @@ SETTINGS = {
     "mirror": ["--set", "logical_cpu_devices=2", "--set", "devices=[/cpu:0, /cpu:1]"],
     "two_workers": [],
 }
-# Where a run is killed (tests/fault_injection/sitecustomize.py), and the step its rerun resumes at: mid-epoch
-# after the checkpoint of step 10; in the validation of epoch 2 (whose own checkpoint comes after it); while
-# the checkpoint of step 15 is being written.
-KILL_POINTS = {"train_step:12": 10, "validation_step:3": 35, "checkpoint_write:3": 10}
+# Where one run is killed, in turn (tests/fault_injection/sitecustomize.py counts from each process's start), and
+# the step it is run again from: mid-epoch 1 after the checkpoint of step 15; in the validation of epoch 2 (whose
+# own checkpoint comes after it); while writing the checkpoint of step 45 (its second write: 40, 45), so the last
+# rerun starts at an epoch's start.
+STOPS = [("train_step:17", 15), ("validation_step:3", 35), ("checkpoint_write:2", 40)]
 STOP_SECONDS = 30  # Kubernetes waits 30 s after SIGTERM before it kills; room for a loaded machine
 
 
@@ -104,10 +105,8 @@ def in_group(setting: str, *values):
     return pytest.param(setting, *values, marks=pytest.mark.xdist_group(f"faults_training_{setting}"))
 
 
-# Where each setting is killed: every point on one device and two workers; the mirror differs from one
-# device only in its strategy, so one point (mid-checkpoint-write) stands for the others there.
-KILLED = [in_group(setting, point) for setting in SETTINGS for point in KILL_POINTS
-          if setting != "mirror" or point == "checkpoint_write:3"]  # fmt: skip
+def settings_of(*names):
+    return [in_group(setting) for setting in names]
 
 
 @pytest.fixture(scope="module")
@@ -132,33 +131,72 @@ def references(small_data_dir, tmp_path_factory):
     return reference
 
 
-@pytest.mark.parametrize("setting", [in_group(setting) for setting in SETTINGS])
+@pytest.mark.parametrize("setting", settings_of(*SETTINGS))
 def test_two_uninterrupted_runs_end_with_identical_weights(references, setting):
     first, second = references(setting)["runs"]
     assert first["fingerprint"] == second["fingerprint"]
     assert first["history"] == second["history"] and len(first["history"].splitlines()) == 4
 
 
-@pytest.mark.parametrize(("setting", "point"), KILLED)
-def test_a_run_killed_anywhere_and_run_again_ends_as_if_never_stopped(references, setting, point):
-    reference = references(setting)
-    model_dir = reference["root"] / point.replace(":", "_")
-    # Two workers: the chief dies mid-validation or mid-write, the other worker mid-step.
-    worker = 1 if setting == "two_workers" and point.startswith("train_step") else 0
-    killed = train(setting, model_dir, reference["data"], fault=point, fault_worker=worker)
-    assert killed[worker][0] in (-signal.SIGKILL, 128 + signal.SIGKILL), killed[worker][1][-3000:]
+def killed(setting, model_dir, data_dir, point: str, worker: int = 0):
+    """A run of setting killed at point (on worker; the others are then stopped); the chief's log."""
+    results = train(setting, model_dir, data_dir, fault=point, fault_worker=worker)
+    assert results[worker][0] in (-signal.SIGKILL, 128 + signal.SIGKILL), (
+        f"not killed at {point}:\n" + results[worker][1][-3000:]
+    )
     assert not (model_dir / "export").exists()
+    return chief_log(results)
 
+
+def ends_as_if_never_stopped(setting, model_dir, reference, resumes_at: int):
     resumed = train(setting, model_dir, reference["data"])
     assert [code for code, _ in resumed] == [0] * len(resumed), chief_log(resumed)[-3000:]
-    assert f"resuming at step {KILL_POINTS[point]} of 60" in chief_log(resumed), chief_log(resumed)[-3000:]
-    assert fingerprint(chief_log(resumed)) == reference["runs"][0]["fingerprint"]
+    assert f"resuming at step {resumes_at} of 60" in chief_log(resumed), chief_log(resumed)[-3000:]
     assert (model_dir / "history.csv").read_text() == reference["runs"][0]["history"]
     for _, log in resumed:
         assert fingerprint(log) == reference["runs"][0]["fingerprint"]  # every worker
 
 
-@pytest.mark.parametrize("setting", [in_group(setting) for setting in SETTINGS])
+@pytest.fixture(scope="module")
+def killed_at_step_17(references):
+    """A one-device model_dir whose run was killed at train step 17 (checkpoints of steps 5, 10 and 15): tests
+    copy it."""
+    reference = references("one_device")
+    model_dir = reference["root"] / "killed_at_step_17"
+    killed("one_device", model_dir, reference["data"], STOPS[0][0])
+    return model_dir
+
+
+@pytest.mark.parametrize("setting", settings_of("one_device", "two_workers"))
+def test_a_run_killed_mid_step_then_mid_validation_then_mid_checkpoint_write_ends_as_if_never_stopped(
+    references, request, setting
+):
+    reference = references(setting)
+    model_dir = reference["root"] / "killed_three_times"
+    resumes_at = None
+    for index, (point, step) in enumerate(STOPS):
+        if index == 0 and setting == "one_device":  # that run is made once, for the other one-device tests too
+            shutil.copytree(request.getfixturevalue("killed_at_step_17"), model_dir)
+        else:
+            # Two workers: the other worker dies mid-step, the chief mid-validation and mid-write.
+            log = killed(
+                setting, model_dir, reference["data"], point, worker=int(setting == "two_workers" and not index)
+            )
+            assert resumes_at is None or f"resuming at step {resumes_at} of 60" in log, log[-3000:]
+        resumes_at = step
+    ends_as_if_never_stopped(setting, model_dir, reference, resumes_at)
+
+
+@pytest.mark.xdist_group("faults_training_mirror")
+def test_a_mirror_killed_mid_checkpoint_write_ends_as_if_never_stopped(references):
+    """The mirror differs from one device only in its strategy: one point stands for the others there."""
+    reference = references("mirror")
+    model_dir = reference["root"] / "killed"
+    killed("mirror", model_dir, reference["data"], "checkpoint_write:3")
+    ends_as_if_never_stopped("mirror", model_dir, reference, resumes_at=10)
+
+
+@pytest.mark.parametrize("setting", settings_of(*SETTINGS))
 def test_sigterm_stops_within_seconds_with_one_line_and_the_rerun_ends_as_if_never_stopped(references, setting):
     reference = references(setting)
     model_dir = reference["root"] / "sigterm"
@@ -184,11 +222,7 @@ def test_sigterm_stops_within_seconds_with_one_line_and_the_rerun_ends_as_if_nev
     steps = {re.search(r"stopped by SIGTERM at step (\d+)", log).group(1) for _, log in stopped}
     assert len(steps) == 1, steps  # every worker stopped at the same step
 
-    resumed = train(setting, model_dir, reference["data"])
-    assert [code for code, _ in resumed] == [0] * len(resumed), chief_log(resumed)[-3000:]
-    assert f"resuming at step {steps.pop()} of 60" in chief_log(resumed)
-    assert fingerprint(chief_log(resumed)) == reference["runs"][0]["fingerprint"]
-    assert (model_dir / "history.csv").read_text() == reference["runs"][0]["history"]
+    ends_as_if_never_stopped(setting, model_dir, reference, resumes_at=int(steps.pop()))
 
 
 # One device only: what the checkpoints themselves promise (the format is the same in every setting).
@@ -206,10 +240,9 @@ def checkpoint_data(model_dir, step: int):
 
 
 @pytest.mark.xdist_group("faults_training_one_device")
-def test_damaged_checkpoints_are_reported_in_one_line_each_and_the_last_good_one_is_used(one_device):
+def test_damaged_checkpoints_are_reported_in_one_line_each_and_the_last_good_one_is_used(one_device, killed_at_step_17):
     model_dir = one_device["root"] / "damaged"
-    killed = train("one_device", model_dir, one_device["data"], fault="train_step:17")
-    assert killed[0][0] == -signal.SIGKILL
+    shutil.copytree(killed_at_step_17, model_dir)
     flipped, truncated = checkpoint_data(model_dir, 15), checkpoint_data(model_dir, 10)
     content = bytearray(flipped.read_bytes())
     middle = len(content) // 2
@@ -228,9 +261,9 @@ def test_damaged_checkpoints_are_reported_in_one_line_each_and_the_last_good_one
 
 
 @pytest.mark.xdist_group("faults_training_one_device")
-def test_a_checkpoint_of_another_config_is_refused_in_one_line(one_device):
+def test_a_checkpoint_of_another_config_is_refused_in_one_line(one_device, killed_at_step_17):
     model_dir = one_device["root"] / "first_config"
-    train("one_device", model_dir, one_device["data"], fault="train_step:12")
+    shutil.copytree(killed_at_step_17, model_dir)
     other = one_device["root"] / "other_config"
     env = {"AIP_CHECKPOINT_DIR": str(model_dir / "checkpoints")}
     code, log = train("one_device", other, one_device["data"], "--set", "learning_rate=0.02", env=env)[0]
@@ -322,11 +355,10 @@ def test_a_second_run_on_a_model_dir_a_live_run_holds_is_refused_and_a_killed_ho
 
 @pytest.mark.xdist_group("faults_training_one_device")
 def test_a_resume_on_another_dataset_is_refused_saying_what_differs_and_changed_runtime_keys_are_said(
-    one_device, tmp_path
+    one_device, killed_at_step_17, tmp_path
 ):
     model_dir = one_device["root"] / "bound"
-    killed = train("one_device", model_dir, one_device["data"], fault="train_step:12")
-    assert killed[0][0] == -signal.SIGKILL
+    shutil.copytree(killed_at_step_17, model_dir)
     # The same size and seed, more training examples: what was seen silently resume before.
     bigger = tmp_path / "bigger"
     run_command(*generate_args(bigger, {**SMALL, "num_train": 1536}), check=True)
@@ -343,7 +375,7 @@ def test_a_resume_on_another_dataset_is_refused_saying_what_differs_and_changed_
     assert "resuming with runtime settings changed since the checkpoint: xla_layers: True -> False; xla_layers " \
         "changes the arithmetic or the records read" in log, log[-3000:]  # fmt: skip
     code, log = train("one_device", model_dir, one_device["data"])[0]
-    assert code == 0 and "resuming at step 10 of 60" in log, log[-3000:]
+    assert code == 0 and "resuming at step 15 of 60" in log, log[-3000:]
     assert fingerprint(log) == one_device["fingerprint"]
 
 

@@ -1,6 +1,6 @@
 """TFDS's own builder test: build a tiny config with Beam, load it back, check exact split sizes."""
 
-import tempfile
+import os
 
 import tensorflow_datasets as tfds
 
@@ -13,4 +13,5 @@ class MovingLineBuilderTest(tfds.testing.DatasetBuilderTestCase):
     BUILDER_CONFIG_NAMES_TO_TEST = [dataset_builder.make_config(size=5, num_train=12, num_validation=4, num_test=6)]
     SPLITS = {"train": 12, "validation": 4, "test": 6}
     SKIP_CHECKSUMS = True  # nothing is downloaded
-    EXAMPLE_DIR = tempfile.mkdtemp(prefix="moving_line_no_downloads_")  # the test case wants a folder of fakes
+    # The test case wants a folder of fake downloads; nothing is downloaded, so any folder does (none made in /tmp).
+    EXAMPLE_DIR = os.path.dirname(__file__)
