@@ -189,14 +189,15 @@ def test_a_run_killed_mid_step_then_mid_validation_then_mid_checkpoint_write_end
 
 @pytest.mark.xdist_group("faults_training_mirror")
 def test_a_mirror_killed_mid_checkpoint_write_ends_as_if_never_stopped(references):
-    """The mirror differs from one device only in its strategy: one point stands for the others there."""
+    """The mirror differs from one device only in its strategy (its stops, signals included, are one device's):
+    one stop, mid-checkpoint-write, stands for the others there."""
     reference = references("mirror")
     model_dir = reference["root"] / "killed"
     killed("mirror", model_dir, reference["data"], "checkpoint_write:3")
     ends_as_if_never_stopped("mirror", model_dir, reference, resumes_at=10)
 
 
-@pytest.mark.parametrize("setting", settings_of(*SETTINGS))
+@pytest.mark.parametrize("setting", settings_of("one_device", "two_workers"))
 def test_sigterm_stops_within_seconds_with_one_line_and_the_rerun_ends_as_if_never_stopped(references, setting):
     reference = references(setting)
     model_dir = reference["root"] / "sigterm"

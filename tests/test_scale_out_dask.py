@@ -213,10 +213,10 @@ def test_a_worker_killed_mid_job_costs_its_shards_again_elsewhere_and_the_datase
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until a worker other than the third is writing a shard
             busy = [address for address, tasks in client.processing().items() if tasks]
+            # Two calls to the scheduler: a worker in the first answer may be missing from the second.
             names = {address: info["name"] for address, info in client.scheduler_info()["workers"].items()}
-            victims = [
-                cluster.by_name[names[address]] for address in busy if cluster.by_name[names[address]] is not third
-            ]
+            workers = [cluster.by_name.get(names.get(address)) for address in busy]
+            victims = [worker for worker in workers if worker is not None and worker is not third]
             if victims and list(data_dir.glob("*/*/incomplete.*/.*.incomplete-*")):
                 break
             assert process.poll() is None, process.communicate()[1]
