@@ -41,7 +41,9 @@ setup(
         # grain and torch: the tests read the ArrayRecord files as JAX and PyTorch users would. torch 2.13.0 is the
         # CPU build; an unpinned torch would pull a CUDA build of several GB.
         "test": [
-            "pytest>=8",
+            # pytest 9.2 silently stops xdist's --dist loadgroup from grouping (pytest-xdist issue 1386): each
+            # xdist_group's module fixtures would be built on every worker (tests/test_xdist_groups.py).
+            "pytest>=8,<9.2",
             # The suite on every core (make test), each session fixture built once (filelock), line coverage
             # of processes the tests start (coverage's patch = subprocess, from 7.10).
             "pytest-xdist>=3.5",

@@ -182,7 +182,9 @@ def test_a_run_killed_mid_step_then_mid_validation_then_mid_checkpoint_write_end
             log = killed(
                 setting, model_dir, reference["data"], point, worker=int(setting == "two_workers" and not index)
             )
-            assert resumes_at is None or f"resuming at step {resumes_at} of 60" in log, log[-3000:]
+            assert resumes_at is None or f"resuming at step {resumes_at} of 60" in log, (
+                f"after the stop at {STOPS[index - 1][0]}:\n{log[-3000:]}"
+            )
         resumes_at = step
     ends_as_if_never_stopped(setting, model_dir, reference, resumes_at)
 
