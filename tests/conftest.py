@@ -19,6 +19,9 @@ SMALL = {"size": 8, "num_train": 1024, "num_validation": 256, "num_test": 256, "
 # One short training run: enough for a SavedModel and a finished model_dir to use and misuse.
 QUICK_TRAIN = ["--config", "configs/smoke.yaml", "--set", "epochs=1", "--set", "steps_per_epoch=2",
                "--set", "validation_steps=1", "--set", "test_after_training=false"]  # fmt: skip
+# The tests whose every run wants both cores (two TF_CONFIG workers, a two-device mirror): one xdist group, so
+# that they run one after another rather than against each other, which slows both more than it saves.
+BOTH_CORES = pytest.mark.xdist_group("both_cores")
 # TensorFlow's C++ start-up lines stay out of what the tests read, in this process and in the commands.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

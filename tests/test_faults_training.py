@@ -20,7 +20,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_TRAIN, REPO, SMALL, free_port, generate_args, last_error_line, run_command, snapshot
+from conftest import (
+    BOTH_CORES,
+    QUICK_TRAIN,
+    REPO,
+    SMALL,
+    free_port,
+    generate_args,
+    last_error_line,
+    run_command,
+    snapshot,
+)
 
 from pipeline import contract
 
@@ -100,9 +110,11 @@ def chief_log(results) -> str:
 
 
 def in_group(setting: str, *values):
-    """A parameter of a test on setting: every test of one setting runs on one xdist worker (make test:
-    --dist loadgroup), where its reference runs are made once."""
-    return pytest.param(setting, *values, marks=pytest.mark.xdist_group(f"faults_training_{setting}"))
+    """A parameter of a test on setting: the tests of one device run on one xdist worker (make test: --dist
+    loadgroup), where its reference runs are made once; the mirror's and two workers' with the other tests that
+    want both cores (conftest.BOTH_CORES)."""
+    group = BOTH_CORES if setting != "one_device" else pytest.mark.xdist_group("faults_training_one_device")
+    return pytest.param(setting, *values, marks=group)
 
 
 def settings_of(*names):
@@ -189,7 +201,7 @@ def test_a_run_killed_mid_step_then_mid_validation_then_mid_checkpoint_write_end
     ends_as_if_never_stopped(setting, model_dir, reference, resumes_at)
 
 
-@pytest.mark.xdist_group("faults_training_mirror")
+@BOTH_CORES
 def test_a_mirror_killed_mid_checkpoint_write_ends_as_if_never_stopped(references):
     """The mirror differs from one device only in its strategy (its stops, signals included, are one device's):
     one stop, mid-checkpoint-write, stands for the others there."""

@@ -11,6 +11,7 @@ import time
 
 import pytest
 from conftest import (
+    BOTH_CORES,
     QUICK_TRAIN,
     REPO,
     SMALL,
@@ -24,7 +25,7 @@ from conftest import (
 
 from pipeline import cli, contract
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, BOTH_CORES]  # two workers, each wanting both cores
 
 # Multi-worker training and the tf.data service: real processes on localhost, each bounded by a timeout.
 
