@@ -173,13 +173,13 @@ def test_a_worker_whose_training_process_is_killed_says_so_the_other_names_it_an
 def test_a_worker_whose_peer_never_starts_gives_up_after_peer_wait_seconds_with_one_line(small_data_dir, tmp_path):
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 0}}
-    command = ["-m", "trainer.task", *SMOKE, "--set", "peer_wait_seconds=15", "--data_dir", small_data_dir,
+    command = ["-m", "trainer.task", *SMOKE, "--set", "peer_wait_seconds=5", "--data_dir", small_data_dir,
                "--model_dir", str(tmp_path / "model")]  # fmt: skip
     started = time.monotonic()
     result = run_command(*command, env={"TF_CONFIG": json.dumps(tf_config)}, timeout=120)
     assert result.returncode == 1 and time.monotonic() - started < 60, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("trainer.task: error: worker 0 waited 15 s for the other workers of TF_CONFIG")
+    assert line.startswith("trainer.task: error: worker 0 waited 5 s for the other workers of TF_CONFIG")
     assert f"no answer from worker 1 ({addresses[1]})" in line and "Traceback" not in result.stderr
     assert not (tmp_path / "model").exists()
 
