@@ -40,3 +40,21 @@ def test_a_weights_fingerprint_changes_with_any_weight():
     assert train.weights_fingerprint(weights) == train.weights_fingerprint(same)
     same[1][2] = np.nextafter(np.float32(1), np.float32(2))
     assert train.weights_fingerprint(weights) != train.weights_fingerprint(same)
+
+
+def test_a_checkpoint_is_written_once_a_position_and_not_before_the_first_step(builder, tmp_path):
+    from trainer import checkpoints, distribution, outputs, preemption
+
+    config = {**config_lib.DEFAULTS, "size": 8, "batch_size": 32, "epochs": 2, "steps_per_epoch": 4}
+    loop = train.Loop(config, builder, distribution.make_strategy(config, None), train.plan_run(builder, config),
+                      outputs.output_paths(str(tmp_path / "model")), team=train.Team(),
+                      stop=preemption.StopRequest("test"), log=lambda message: None)  # fmt: skip
+    state = tmp_path / "model" / "checkpoints" / "state"
+    loop.save(checkpoints.Position(0))  # nothing learnt yet
+    assert not state.exists() or not list(state.iterdir())
+    loop.save(checkpoints.Position(2))
+    (written,) = state.iterdir()
+    before = {path: path.stat().st_mtime_ns for path in written.iterdir()}
+    loop.save(checkpoints.Position(2))  # the same position again: nothing rewritten
+    assert list(state.iterdir()) == [written]
+    assert {path: path.stat().st_mtime_ns for path in written.iterdir()} == before
