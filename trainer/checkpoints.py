@@ -30,6 +30,8 @@ MANIFEST = outputs.MANIFEST
 PREFIX = "ckpt"
 FORMAT = 1
 FOLDER_PATTERN = re.compile(r"step_(\d+)$")
+# The config key that fixes a run's training order; checkpoints written before it existed lack it.
+ORDER_KEY = "input_streams"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,11 +104,18 @@ def has_finished_checkpoint(checkpoints: str) -> bool:
 
 
 def save(
-    checkpoint: tf.train.Checkpoint, checkpoints: str, position: Position, config: dict, dataset: dict, keep: int
+    checkpoint: tf.train.Checkpoint,
+    checkpoints: str,
+    position: Position,
+    config: dict,
+    dataset: dict,
+    keep: int,
+    topology: dict | None = None,
 ) -> str:
     """Writes checkpoint at position.step, then its manifest; removes all but the newest `keep` finished ones.
 
-    dataset: what the run trains on (trainer.input_pipeline.describe_dataset), checked on resume.
+    dataset: what the run trains on (trainer.input_pipeline.describe_dataset), checked on resume. topology: the
+    workers and replicas it trains on (trainer.train.Loop.topology), a resume elsewhere says so.
     """
     folder = os.path.join(state_folder(checkpoints), f"step_{position.step:09d}")
     files.remove(folder)  # a write of this step cut short, or an older save of it
@@ -119,6 +128,7 @@ def save(
             **position.manifest(),
             "config": config,
             "dataset": dataset,
+            "topology": topology,
             "sha256": {name: files.sha256(os.path.join(folder, name)) for name in names},
         }
         files.write_atomically(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1) + "\n")
@@ -158,20 +168,24 @@ def check(folder: str) -> tuple[dict | None, str | None]:
 
 
 def restore_latest(
-    checkpoint: tf.train.Checkpoint, checkpoints: str, config: dict, dataset: dict, log
+    checkpoint: tf.train.Checkpoint, checkpoints: str, config: dict, dataset: dict, log, topology: dict | None = None
 ) -> Position | None:
     """Restores the newest good checkpoint into checkpoint; its Position, or None when there is none.
 
     Damaged or unfinished checkpoints newer than it are reported through log, one line each. A checkpoint
     written with another config (runtime keys aside) or on another dataset is refused with a UsageError;
-    runtime keys that changed are logged, those that change the arithmetic or the data said to.
+    runtime keys that changed are logged, those that change the arithmetic or the data said to, and so is a
+    topology (workers, replicas) other than the checkpoint's.
     """
     from trainer import input_pipeline
 
     for _, folder in folders(checkpoints):
         manifest, problem = check(folder)
         if manifest is not None:
-            changed = config_lib.differences(manifest["config"], config)
+            # Written before the order was defined over input streams: any value goes on from its step.
+            older = ORDER_KEY not in manifest["config"]
+            saved_config = {**manifest["config"], ORDER_KEY: config[ORDER_KEY]} if older else manifest["config"]
+            changed = config_lib.differences(saved_config, config)
             if changed:
                 raise cli.UsageError(
                     f"the checkpoint {folder} was written by a run with another config ({'; '.join(changed)}); "
@@ -184,7 +198,20 @@ def restore_latest(
                     f"the checkpoint {folder} was written by a run on another dataset ({'; '.join(changed)}); "
                     "give the --data_dir of that run to resume it, or a new --model_dir to train on this one"
                 )
-            log_runtime_changes(manifest["config"], config, log)
+            log_runtime_changes(saved_config, config, log)
+            if older:
+                log(
+                    f"the checkpoint {folder} was written by an older trainer, whose training order depended on "
+                    f"the number of workers: the run goes on at step {manifest['step']} in the order of "
+                    f"input_streams {config[ORDER_KEY]} (the same on any topology), not the one it started in"
+                )
+            elif manifest.get("topology") and topology and manifest["topology"] != topology:
+                written_on = describe_topology(manifest["topology"])
+                log(
+                    f"resuming on another topology: the checkpoint was written on {written_on}, this run trains on "
+                    f"{describe_topology(topology)}; the global batches stay those of a run never stopped, so the "
+                    "weights will equal its weights within float reduction order, not bit for bit"
+                )
             try:
                 checkpoint.read(os.path.join(folder, PREFIX)).assert_consumed()
             except (tf.errors.OpError, AssertionError, ValueError) as error:
@@ -193,6 +220,14 @@ def restore_latest(
                 return Position.from_manifest(manifest)
         log(f"checkpoint {folder} is not usable: {problem}; trying the one before it")
     return None
+
+
+def describe_topology(topology: dict) -> str:
+    """'one device', 'a mirror of 2 devices' or '2 workers (4 replicas in all)'."""
+    workers, replicas = topology["workers"], topology["replicas"]
+    if workers > 1:
+        return f"{workers} workers ({replicas} replica{'s' * (replicas != 1)} in all)"
+    return "one device" if replicas == 1 else f"a mirror of {replicas} devices"
 
 
 def log_runtime_changes(saved: dict, config: dict, log):

@@ -43,6 +43,11 @@ DEFAULTS = {
     "shuffle_buffer": 10_000,
     "interleave_cycle_length": 16,
     "deterministic": True,
+    # The training order is defined over this many input streams, whatever the topology: every global batch
+    # takes batch_size / input_streams records from each, and the input pipelines (workers, tf.data service
+    # workers) each read a whole number of them. So the global batch of a step is the same on one device, a
+    # mirror, any number of workers dividing it, or the tf.data service, and a run can go on on another of them.
+    "input_streams": 8,
     "seed": 0,
     # Distribution: devices to mirror over (None: every GPU, or the CPU when there is none), and
     # logical CPU devices to split the CPU into first (lets a CPU-only machine mirror over several).
@@ -94,9 +99,10 @@ RUNTIME_KEYS = {
     "peer_wait_seconds",
 }
 
-# Runtime keys that change the arithmetic (the replicas, XLA) or the records read: a run resumed with another
-# value goes on, but no longer ends with the weights of a run never stopped (trainer.checkpoints says so).
-INEXACT_RUNTIME_KEYS = {"devices", "xla_layers", "logical_cpu_devices", "skip_corrupt_records"}
+# Runtime keys that change the arithmetic (XLA) or the records read: a run resumed with another value goes on, but
+# no longer ends with the weights of a run never stopped (trainer.checkpoints says so). Other devices are another
+# topology, with the same batches: trainer.checkpoints says that too, when the replicas or workers change.
+INEXACT_RUNTIME_KEYS = {"xla_layers", "skip_corrupt_records"}
 
 POSITIVE_KEYS = {
     "size",
@@ -109,6 +115,7 @@ POSITIVE_KEYS = {
     "validation_steps",
     "shuffle_buffer",
     "interleave_cycle_length",
+    "input_streams",
     "checkpoint_every_steps",
     "keep_checkpoints",
     "collective_timeout_seconds",
@@ -123,6 +130,7 @@ MAXIMA = {
     "seed": 2**32 - 1,  # keras.utils.set_random_seed seeds numpy, which takes 32 bits
     "data_seed": 2**63 - 1,  # the generator's Philox key, as pipeline.generate --seed
     "logical_cpu_devices": 256,
+    "input_streams": 4096,
 }
 # Float keys where 0 means nothing useful; null says what the user may have meant.
 POSITIVE_FLOAT_KEYS = {"clip_norm"}
@@ -130,6 +138,8 @@ NULL_MEANS = {"clip_norm": "no clipping"}
 # The model's 2x2 convolution and 2x2 max-pooling leave nothing of a frame under 3 x 3 pixels.
 MINIMUM_MODEL_SIZE = 3
 MINIMA = {"size": MINIMUM_MODEL_SIZE}
+# A refusal of input_streams names those that fit a batch, up to this many.
+MAX_LISTED_STREAMS = 64
 # What a config file can be: a short YAML text (the shipped ones are under 2 kB).
 MAX_FILE_BYTES = 1_000_000
 TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", list: "a list"}
@@ -275,6 +285,39 @@ def load_text(text: str, origin: str) -> dict:
     for key, value in loaded.items():
         config[key] = check_value(key, value, origin)
     return config
+
+
+def check_input_streams(streams: int, batch_size: int):
+    """A UsageError when the global batch cannot take the same number of records from each input stream."""
+    if batch_size % streams:
+        fits = spoken_list([number for number in range(1, MAX_LISTED_STREAMS + 1) if batch_size % number == 0])
+        raise UsageError(
+            f"batch_size {batch_size} does not split evenly over input_streams {streams} (each step takes "
+            f"batch_size / input_streams records from every stream): set input_streams to one of {fits}, or "
+            f"batch_size to a multiple of {streams}"
+        )
+
+
+def check_input_pipelines(streams: int, pipelines: int, what: str):
+    """A UsageError when `pipelines` input pipelines (workers, or tf.data service workers) cannot share the run's
+    input streams evenly: the order is defined by the streams, so they fix which topologies a run can have."""
+    if streams % pipelines:
+        fits = spoken_list(divisors(streams))
+        raise UsageError(
+            f"{pipelines} {what} cannot share this run's {streams} input streams evenly (the order of its batches is "
+            f"defined over them, and each {what.rstrip('s')} reads a whole number of them): use {fits} {what}; a "
+            f"new run may set input_streams to a multiple of {pipelines}"
+        )
+
+
+def divisors(number: int) -> list[int]:
+    return [candidate for candidate in range(1, number + 1) if number % candidate == 0]
+
+
+def spoken_list(numbers) -> str:
+    """'1, 2, 4 or 8'."""
+    words = [str(number) for number in numbers]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 def differences(old: dict, new: dict, ignore=RUNTIME_KEYS) -> list[str]:

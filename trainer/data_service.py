@@ -1,12 +1,16 @@
 """Start a tf.data service dispatcher or worker, for trainer.task --tf_data_service.
 
-    python -m trainer.data_service dispatcher --port 5050
+    python -m trainer.data_service dispatcher --port 5050 --workers WORKER_HOST:5051,WORKER_HOST2:5051
     python -m trainer.data_service worker --dispatcher HOST:5050 --port 5051 --host WORKER_HOST
     python -m trainer.task --config configs/default.yaml --data_dir DIR --model_dir DIR \\
         --tf_data_service grpc://HOST:5050
 
 The workers read, shuffle and decode the training data and send the trainer its batches, so the
-trainer's CPU only trains; each worker must reach --data_dir itself (same path or gs://). Both
+trainer's CPU only trains; each worker must reach --data_dir itself (same path or gs://). With
+--workers (a fixed list; each worker then runs at its listed --host and --port) every worker reads
+its own share of the run's input streams and the trainers get the very batches they would read
+themselves, in order (trainer.input_pipeline.data_service_dataset); without it workers may come and go,
+and a trainer takes batches in whatever order they come (it needs --set deterministic=false). Both
 servers listen on the given port on every interface, with no authentication: keep them on a
 private network. --host is the name the trainer reaches a worker by. Port 0 picks a free port;
 the line that says the server is up (on stderr, and on stdout when that is not a terminal) says which.
@@ -29,6 +33,7 @@ from pipeline import cli
 PROG = "trainer.data_service"
 MAX_PORT = 65535
 WATCH_SECONDS = 10  # how often a worker checks that its dispatcher still answers
+HEARTBEAT_MILLISECONDS = 1000
 
 
 def port_number(text: str) -> int:
@@ -44,6 +49,12 @@ def parse_args(argv=None):
     dispatcher = roles.add_parser("dispatcher", help="The service's entry point, which trainers and workers call.")
     dispatcher.add_argument("--port", type=port_number, default=5050, help="0: a free port.")
     dispatcher.add_argument("--host", default="localhost", help="The name others reach this machine by.")
+    dispatcher.add_argument(
+        "--workers",
+        metavar="HOST:PORT,...",
+        help="The service's workers, a fixed list: trainers then get their batches in the run's order. "
+        "Without it any worker may join (for --set deterministic=false).",
+    )
     worker = roles.add_parser("worker", help="Makes batches for the trainers, as the dispatcher assigns.")
     worker.add_argument("--dispatcher", required=True, metavar="HOST:PORT", help="The dispatcher's address.")
     worker.add_argument("--port", type=port_number, default=0, help="0: a free port.")
@@ -59,7 +70,25 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.role == "worker":
         args.dispatcher_host, args.dispatcher_port = split_address(args.dispatcher, "--dispatcher")
+    if args.role == "dispatcher":
+        args.workers = worker_list(args.workers)
     return args
+
+
+def worker_list(text: str | None) -> list[str] | None:
+    """The HOST:PORT addresses of --workers, checked; None when not given."""
+    if text is None:
+        return None
+    addresses = [item.strip() for item in text.split(",") if item.strip()]
+    if not addresses:
+        raise cli.UsageError("--workers: expected HOST:PORT,HOST:PORT,..., e.g. localhost:5051,localhost:5052")
+    for address in addresses:
+        host, port = split_address(address, "--workers")
+        if port == 0:
+            raise cli.UsageError(f"--workers {address}: a listed worker needs its own port, not 0")
+    if len(set(addresses)) < len(addresses):
+        raise cli.UsageError("--workers names a worker twice; list each HOST:PORT once")
+    return addresses
 
 
 def split_address(address: str, flag: str) -> tuple[str, int]:
@@ -141,20 +170,38 @@ def start(args):
     service = tf.data.experimental.service
     try:
         if args.role == "dispatcher":
-            server = service.DispatchServer(service.DispatcherConfig(port=args.port))
+            server = service.DispatchServer(service.DispatcherConfig(port=args.port, worker_addresses=args.workers))
             port = server.target.rsplit(":", 1)[1]
+            workers = (
+                f"; its {len(args.workers)} workers: {', '.join(args.workers)}"
+                if args.workers
+                else "; any worker may join (trainers need --set deterministic=false)"
+            )
             return server, (
                 f"dispatcher up, listening on port {port}; trainers use --tf_data_service grpc://{args.host}:{port}, "
-                f"workers --dispatcher {args.host}:{port}"
+                f"workers --dispatcher {args.host}:{port}{workers}"
             )
         dispatcher = f"{args.dispatcher_host}:{args.dispatcher_port}"
         # %port% is filled in by the worker with the port it bound, so that port 0 works too.
         config = service.WorkerConfig(
-            dispatcher_address=dispatcher, worker_address=f"{args.host}:%port%", port=args.port
+            dispatcher_address=dispatcher,
+            worker_address=f"{args.host}:%port%",
+            port=args.port,
+            # A worker learns of a new job's task at its heartbeat: a trainer's pieces come from every worker, so
+            # one that starts late holds up the step (TensorFlow's default interval is tens of seconds).
+            heartbeat_interval_ms=HEARTBEAT_MILLISECONDS,
         )
         where = f"port {args.port}" if args.port else "a free port"
         return service.WorkerServer(config), f"worker up on {where}, serving the dispatcher at {dispatcher}"
-    except RuntimeError as error:  # the port was taken between the check and the start
+    except RuntimeError as error:
+        # A dispatcher with a fixed list refuses a worker at another address.
+        if "Failed to assign an index for worker" in str(error):
+            raise cli.UsageError(
+                f"the dispatcher at {dispatcher} has a fixed list of workers without {args.host}:{args.port}: start "
+                "this worker with the --host and --port the dispatcher's --workers lists for it (a restarted worker "
+                "at its own address is taken back)"
+            ) from None
+        # The port was taken between the check and the start.
         raise cli.UsageError(f"--port {args.port}: {error}; choose another port (0 picks a free one)") from None
 
 

@@ -62,6 +62,9 @@ def main(argv=None):
             "devices and logical_cpu_devices choose devices on one machine; with TF_CONFIG "
             "every worker trains on all its GPUs (or its CPU): unset them"
         )
+    # The training order is defined over input_streams: the batch and the workers must share them evenly.
+    config_lib.check_input_streams(config["input_streams"], config["batch_size"])
+    config_lib.check_input_pipelines(config["input_streams"], cluster.size if cluster else 1, "workers")
     if args.tf_data_service:
         from trainer import data_service
 
@@ -136,7 +139,13 @@ def build_and_restore(args, config, cluster, paths, builder, plan, strategy, sto
         f"{count(strategy.num_replicas_in_sync, 'replica')} in all {devices}"
     )
     if args.tf_data_service:
-        log(f"training batches come from the tf.data service at {args.tf_data_service}")
+        order = (
+            "in the run's order (the global batches it would read itself)"
+            if config["deterministic"]
+            else "in whatever order its workers make them (deterministic: false): not reproducible with the seed, "
+            "and a resumed run goes on in another order"
+        )
+        log(f"training batches come from the tf.data service at {args.tf_data_service}, {order}")
     # Model, and the checkpoint to resume from.
     team = train.Team(workers, chief, cluster.peers() if cluster else {})
     data_service = None
@@ -152,7 +161,7 @@ def build_and_restore(args, config, cluster, paths, builder, plan, strategy, sto
            if config["xla_layers"] else "no XLA")  # fmt: skip
     log(f"training {how}; {xla}")
     dataset = input_pipeline.describe_dataset(builder)
-    position = checkpoints.restore_latest(loop.checkpoint, paths.checkpoints, config, dataset, log)
+    position = checkpoints.restore_latest(loop.checkpoint, paths.checkpoints, config, dataset, log, loop.topology)
     if position is not None:
         epoch, into = divmod(position.step, plan.steps_per_epoch)
         where = (

@@ -17,9 +17,14 @@ across workers every worker stops at the same step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import itertools
+import os
+import secrets
 import signal
+import threading
 import time
 
 import keras
@@ -118,12 +123,91 @@ class EpochValidation:
     stopped: Outcome | None = None
 
 
+# A digest of a batch is the sum over its examples of a 40-bit hash of each (the order does not count), summed in
+# two 20-bit halves: exact in float64 for any batch under 2**33 examples, and summed over replicas and workers.
+HASH_BITS = 20
+
+
+def replica_digest(paths, labels):
+    """[sum of the low halves, sum of the high halves, examples] of this replica's examples' hashes."""
+    pixels = tf.reshape(tf.cast(paths, tf.int32), [tf.shape(paths)[0], -1])
+    text = tf.strings.join(
+        [tf.strings.reduce_join(tf.strings.as_string(pixels), axis=1, separator=","), tf.strings.as_string(labels)],
+        separator="|",
+    )
+    hashes = tf.strings.to_hash_bucket_fast(text, 2 ** (2 * HASH_BITS))
+    return tf.stack(
+        [
+            tf.reduce_sum(tf.cast(hashes % 2**HASH_BITS, tf.float64)),
+            tf.reduce_sum(tf.cast(hashes // 2**HASH_BITS, tf.float64)),
+            tf.cast(tf.size(labels), tf.float64),
+        ]
+    )
+
+
+def describe_digest(sums) -> str:
+    """'N examples, digest XXXXXXXXXX' from the summed replica_digest of a global batch."""
+    low, high, examples = (int(value) for value in sums)
+    digest = (high * 2**HASH_BITS + low) % 2 ** (2 * HASH_BITS)
+    return f"{examples} examples, digest {digest:010x}"
+
+
 def weights_fingerprint(weights) -> str:
     """A short hash of the weights' bytes: equal on every worker, and between a run and its resumed twin."""
     digest = hashlib.sha256()
     for array in weights:
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def service_errors_in_one_line(data_service: DataService | None):
+    """What the tf.data service refuses (trainer.input_pipeline.data_service_dataset), in one line."""
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+        if data_service is None:
+            raise
+        message = error.message
+        # Static sharding with a dispatcher that takes any worker: TensorFlow names the first worker not listed.
+        if "is not in the workers list" in message:
+            raise cli.UsageError(
+                f"--tf_data_service {data_service.address}: the dispatcher has no fixed list of workers, which the "
+                "service needs to make the run's batches in their order: start it with `python -m "
+                "trainer.data_service dispatcher --workers HOST:PORT,...` and each worker on its listed port, or "
+                "--set deterministic=false to take the batches in whatever order the service makes them"
+            ) from None
+        for known in (input_pipeline.SERVICE_TOPOLOGY_ERROR, input_pipeline.SERVICE_STEP_ERROR):
+            if known in message:
+                said = message[message.index(known) :].split("\n")[0].rstrip("] ")
+                raise cli.FaultError(f"{said}; run the same command again to resume from the last checkpoint") from None
+        raise
+
+
+class ServiceProbe:
+    """input_pipeline.service_workers in a thread of its own: it blocks inside TensorFlow until a service worker
+    is up, where this process's signal handlers would not run."""
+
+    def __init__(self, address: str, job_name: str):
+        self.outcome = None
+        self.thread = threading.Thread(target=self.ask, args=(address, job_name), daemon=True)
+        self.thread.start()
+
+    def ask(self, address, job_name):
+        try:
+            self.outcome = input_pipeline.service_workers(address, job_name), None
+        except Exception as error:  # handed to the main thread by result()
+            self.outcome = None, error
+
+    def answered(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def result(self) -> tuple[int, int]:
+        answer, error = self.outcome
+        if error is not None:
+            raise error
+        return answer
 
 
 class Loop:
@@ -150,7 +234,8 @@ class Loop:
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
         self.dataset = input_pipeline.describe_dataset(builder)  # what the checkpoints record
         self.saved: checkpoints.Position | None = None
-        self.first_step_logged = False
+        self.first_step_logged = self.batch_logged = False
+        self.step = 0
         self._build_steps()
 
     @property
@@ -160,6 +245,11 @@ class Loop:
     @property
     def workers(self) -> int:
         return self.team.workers
+
+    @property
+    def topology(self) -> dict:
+        """Where the run trains, as its checkpoints record it: a resume elsewhere says so."""
+        return {"workers": self.workers, "replicas": self.replicas}
 
     # The steps.
 
@@ -218,7 +308,12 @@ class Loop:
         def agree(status):
             return strategy.reduce("SUM", strategy.run(tf.identity, args=(status,)), axis=None)
 
+        @tf.function(autograph=False)
+        def batch_digest(batch):
+            return strategy.reduce("SUM", strategy.run(replica_digest, args=batch), axis=None)
+
         self.train_step, self.validation_step, self._agree = train_step, validation_step, agree
+        self.batch_digest = batch_digest
 
     def agree(self, status: np.ndarray) -> np.ndarray:
         """The sum of every worker's status: all see the same, so all stop at the same step. One worker: its own."""
@@ -250,6 +345,10 @@ class Loop:
         batch, agreed = self.next_batch(iterator)
         if batch is None:
             return None, agreed
+        if not self.batch_logged:
+            # What the run starts from, comparable across topologies and between a run and its resumed twin.
+            self.batch_logged = True
+            self.log(f"step {self.step}'s global batch: {describe_digest(self.batch_digest(batch).numpy())}")
         return checkpoints.Sums.of(self.train_step(batch).numpy()), None
 
     def stop_signal(self, agreed) -> int:
@@ -269,16 +368,17 @@ class Loop:
         scalars = training_log.Scalars(self.paths.logs) if self.chief else None
         line = training_log.ProgressLine("trainer.task", self.config["verbose"])
         try:
-            while position.epochs_done < self.plan.epochs:
-                trained = self.train_epoch(train_batches, position, line, scalars)
-                if trained.stopped:
-                    return trained.stopped
-                validated = self.validate(validation_batches, trained)
-                if validated.stopped:
-                    return validated.stopped
-                self.end_epoch(trained, validated, scalars, line)
-                position = checkpoints.Position(trained.step, trained.epoch + 1)
-                self.save(position)
+            with service_errors_in_one_line(self.data_service):
+                while position.epochs_done < self.plan.epochs:
+                    trained = self.train_epoch(train_batches, position, line, scalars)
+                    if trained.stopped:
+                        return trained.stopped
+                    validated = self.validate(validation_batches, trained)
+                    if validated.stopped:
+                        return validated.stopped
+                    self.end_epoch(trained, validated, scalars, line)
+                    position = checkpoints.Position(trained.step, trained.epoch + 1)
+                    self.save(position)
         except LOST_PEER_ERRORS as error:
             if self.workers == 1:
                 raise
@@ -296,26 +396,72 @@ class Loop:
         """The distributed training stream from start_step on (from the tf.data service when given), and the
         validation stream."""
         config, plan, builder = self.config, self.plan, self.builder
+        schedule = {"steps_per_epoch": plan.steps_per_epoch, "epochs": plan.epochs, "start_step": start_step}
+        job, service_workers = None, None
+        if self.data_service:
+            with service_errors_in_one_line(self.data_service):
+                service_workers = self.wait_for_service_workers() if config["deterministic"] else None
+                job = self.service_job(start_step)
 
         def training_input(context):
             if self.data_service:
-                address, job = self.data_service.address, self.data_service.job
-                return input_pipeline.data_service_dataset(builder, config, address, job, context)
-            return input_pipeline.training_dataset(
-                builder,
-                config,
-                steps_per_epoch=plan.steps_per_epoch,
-                epochs=plan.epochs,
-                start_step=start_step,
-                input_context=context,
-                log=self.log,
-            )
+                address = self.data_service.address
+                return input_pipeline.data_service_dataset(builder, config, address, job, **schedule,
+                                                           service_workers=service_workers or 1,
+                                                           input_context=context)  # fmt: skip
+            return input_pipeline.training_dataset(builder, config, **schedule, input_context=context, log=self.log)
 
         def validation_input(context):
             return input_pipeline.validation_dataset(builder, config, plan.validation_steps, context)
 
         distribute = self.strategy.distribute_datasets_from_function
-        return iter(distribute(training_input)), iter(distribute(validation_input))
+        with service_errors_in_one_line(self.data_service):
+            return iter(distribute(training_input)), iter(distribute(validation_input))
+
+    def wait_for_service_workers(self) -> int:
+        """How many workers the tf.data service's dispatcher lists, once every one is up (a piece of each step comes
+        from each, and one that joins late would start out of step); a UsageError when they cannot share the run's
+        input streams. It says what it waits for, and SIGTERM or Ctrl-C end the wait with one line."""
+        address, said, probes = self.data_service.address, None, itertools.count()
+        while True:
+            probe = ServiceProbe(address, f"{self.data_service.job}_probe_{os.getpid()}_{next(probes)}")
+            while not probe.answered(timeout=0.5):
+                self.stop_if_asked("waiting for the tf.data service's workers")
+                if said is None:
+                    said = "none up"
+                    self.log(f"waiting for the tf.data service at {address} to have a worker up")
+            listed, up = probe.result()
+            if up == listed:
+                break
+            if said != (listed, up):
+                said = (listed, up)
+                self.log(f"waiting for the tf.data service's workers: {up} of the {listed} its dispatcher lists are up")
+            for _ in range(4):
+                self.stop_if_asked("waiting for the tf.data service's workers")
+                time.sleep(0.5)
+        config, pipelines = self.config, self.workers
+        config_lib.check_input_pipelines(config["input_streams"], listed, "tf.data service workers")
+        if config["batch_size"] // listed % pipelines:
+            raise cli.UsageError(
+                f"the {listed} tf.data service workers cannot split their records of a step (batch_size "
+                f"{config['batch_size']} / {listed}) evenly over {pipelines} trainers: change the number of service "
+                "workers or the batch_size"
+            )
+        self.log(f"the tf.data service's {listed} worker{'s' * (listed != 1)} are up")
+        return listed
+
+    def stop_if_asked(self, doing: str):
+        """Ends the command in one line when SIGTERM or Ctrl-C came before training began (nothing to save)."""
+        if self.stop.requested:
+            self.stop.stopped()
+            raise cli.FaultError(f"stopped by {self.stop.name()} while {doing}, before training; run the same "
+                                 "command again to go on", exit_code=self.stop.exit_code)  # fmt: skip
+
+    def service_job(self, start_step: int) -> str:
+        """A tf.data service job of its own for this start (a job's stream cannot be started again), the same
+        on every worker: the run's job name, the step and the chief's random number."""
+        number = self.agree(np.array([secrets.randbelow(2**31) if self.chief else 0, 0, 0]))[0]
+        return f"{self.data_service.job}_step{start_step}_{int(number):x}"
 
     def train_epoch(self, batches, position: checkpoints.Position, line, scalars) -> EpochTraining:
         """The train steps of epoch position.epochs_done, from position (its start, or where a resumed run stood)."""
@@ -438,6 +584,7 @@ class Loop:
             self.config,
             self.dataset,
             self.config["keep_checkpoints"],
+            self.topology,
         )
         self.stop.resume_hint = f"the last checkpoint is {folder} (step {position.step})"
 
