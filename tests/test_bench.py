@@ -16,7 +16,7 @@ from bench.__main__ import BENCHMARKS
 SMALLEST = {
     "generate": ["--num=1000", "--size=8", "--baseline=HEAD"],
     "formats": ["--size=8", "--num=200", "--reads=50", "--batch_size=16"],
-    "input": ["--data_dir={data}", f"--size={SMALL['size']}", "--batch_size=8", "--batches=2"],
+    "input": ["--data_dir={data}", f"--size={SMALL['size']}", "--batch_size=8", "--batches=2", "--pipelines=1,2"],
     "feed": [
         "--data_dir={data}",
         f"--size={SMALL['size']}",

@@ -40,3 +40,44 @@ def test_a_taken_port_and_a_silent_dispatcher_are_refused_in_one_line():
         data_service.check_dispatcher(f"localhost:{silent}")
     with pytest.raises(cli.FaultError, match=f"no dispatcher answered at localhost:{silent} in 0 s"):
         data_service.wait_for_dispatcher("localhost", silent, 0)
+
+
+def test_a_fixed_list_of_workers_is_read_or_refused_saying_why():
+    assert data_service.worker_list(None) is None
+    assert data_service.worker_list("a:1, b:2") == ["a:1", "b:2"]
+    for wrong, why in ((",", "expected HOST:PORT,HOST:PORT"), ("a:1,a:1", "names a worker twice"),
+                       ("a:0", "needs its own port, not 0"), ("a", "expected HOST:PORT")):  # fmt: skip
+        with pytest.raises(cli.UsageError, match=why):
+            data_service.worker_list(wrong)
+
+
+@pytest.fixture
+def service():
+    """An in-process tf.data service: a dispatcher with a fixed list of 2 workers, one of them up; and one that
+    takes any worker, with one up."""
+    import tensorflow as tf
+
+    service = tf.data.experimental.service
+    ports = [free_port() for _ in range(3)]
+    listed = [f"localhost:{port}" for port in ports[:2]]
+    fixed = service.DispatchServer(service.DispatcherConfig(worker_addresses=listed))
+    fixed_worker = service.WorkerServer(
+        service.WorkerConfig(dispatcher_address=fixed.target.split("://")[1], worker_address=listed[0], port=ports[0])
+    )
+    any_worker = service.DispatchServer()
+    worker = service.WorkerServer(service.WorkerConfig(dispatcher_address=any_worker.target.split("://")[1]))
+    yield {"fixed": fixed.target, "any": any_worker.target}
+    for server in (fixed_worker, worker, fixed, any_worker):
+        server.stop()
+
+
+def test_the_trainer_learns_how_many_service_workers_are_listed_and_up_and_refuses_a_dispatcher_without_a_list(
+    service,
+):
+    from trainer import input_pipeline, train
+
+    assert input_pipeline.service_workers(service["fixed"], "probe_1") == (2, 1)
+    data = train.DataService(service["any"], "job")
+    refused = pytest.raises(cli.UsageError, match=r"the dispatcher has no fixed list of workers.*deterministic=false")
+    with refused, train.service_errors_in_one_line(data):
+        input_pipeline.service_workers(service["any"], "probe_2")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import SMALL, generate_args, run_command
+from conftest import SMALL
 
 from pipeline import generator
 from pipeline.cli import UsageError
@@ -133,34 +133,98 @@ def test_each_epoch_has_its_own_order_drawn_from_the_seed_and_the_epoch_alone(bu
     assert all(count <= stored[path] for path, count in collections.Counter(epochs[0]).items())
 
 
-FOUR_SHARDS = {**SMALL, "size": 16, "num_train": 256, "num_validation": 64, "num_test": 64}
+# The same order on any topology (trainer.input_pipeline.training_dataset): W input pipelines of L replicas each,
+# built as tf.distribute builds them, one after another in this process.
+
+
+def global_batches(builder, pipelines: int, replicas_each: int = 1, steps: int = 12, **overrides) -> list[list[bytes]]:
+    """The examples of the first global batches (each as a sorted list of path bytes), put together from the
+    per-replica batches of every input pipeline."""
+    replicas = pipelines * replicas_each
+    shares = []
+    for pipeline in range(pipelines):
+        context = tf.distribute.InputContext(pipelines, pipeline, replicas) if replicas > 1 else None
+        batches = list(training(builder, input_context=context, **overrides).take(steps * replicas_each))
+        shares.append([batches[step * replicas_each : (step + 1) * replicas_each] for step in range(steps)])
+    return [
+        sorted(path.tobytes() for share in shares for paths, _ in share[step] for path in paths.numpy())
+        for step in range(steps)
+    ]
 
 
 @pytest.fixture(scope="module")
-def four_shards(tmp_path_factory):
-    """256 training examples in 4 shard files; size 16, where no two examples share a path."""
-    data_dir = tmp_path_factory.mktemp("four_shards")
-    run_command(*generate_args(data_dir, FOUR_SHARDS, extra=["--num_shards=4"]), check=True)
-    return input_pipeline.load_builder(str(data_dir), FOUR_SHARDS["size"])
+def one_device_batches(builder):
+    """The first 16 global batches on one device (2 epochs of 8 steps)."""
+    return global_batches(builder, 1, steps=16)
 
 
-@pytest.mark.slow
-def test_input_pipelines_read_their_own_shard_files_when_there_is_one_for_each(four_shards):
-    info = four_shards.info.splits["train"]
-    assert info.num_shards == 4
-    paths = generator.generate(SMALL["seed"], "train", 0, info.num_examples, FOUR_SHARDS["size"])["path"]
-    edges = np.cumsum([0, *info.shard_lengths])
-    shard_of = {
-        path.tobytes(): int(np.searchsorted(edges, index, side="right")) - 1 for index, path in enumerate(paths)
-    }
-    assert len(shard_of) == len(paths)
+# A mirror of 2, 2 workers; 4 and 8 workers and 2 of 2 replicas each in the whole suite only (more pipelines to build).
+TOPOLOGIES = [(1, 2), (2, 1)] + [pytest.param(*many, marks=pytest.mark.slow) for many in ((4, 1), (8, 1), (2, 2))]
+
+
+@pytest.mark.parametrize(("pipelines", "replicas_each"), TOPOLOGIES)
+def test_each_global_batch_holds_the_same_examples_on_any_number_of_pipelines_and_replicas(
+    builder, one_device_batches, pipelines, replicas_each
+):
+    assert global_batches(builder, pipelines, replicas_each, steps=16) == one_device_batches
+
+
+def test_a_stream_resumed_on_other_pipelines_goes_on_with_the_same_global_batches(builder, one_device_batches):
+    # Resumed mid-epoch 2 on 2 workers of 2 replicas each.
+    assert global_batches(builder, 2, 2, steps=3, start_step=13) == one_device_batches[13:16]
+
+
+def test_input_streams_define_the_order_and_must_share_the_batch_and_the_pipelines(builder):
+    four_streams = global_batches(builder, 1, steps=4, input_streams=4)
+    assert four_streams != global_batches(builder, 1, steps=4)
+    assert global_batches(builder, 2, steps=4, input_streams=4) == four_streams
+    with pytest.raises(UsageError, match=r"3 input pipelines cannot share this run's 8 input streams evenly.*"
+                                         r"use 1, 2, 4 or 8 input pipelines"):  # fmt: skip
+        global_batches(builder, 3)
+    with pytest.raises(UsageError, match=r"batch_size 12 does not split evenly over input_streams 8.*"
+                                         r"set input_streams to one of 1, 2, 3, 4, 6 or 12"):  # fmt: skip
+        global_batches(builder, 1, batch_size=12)
+
+
+def bytes_read() -> int:
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
+
+
+def test_each_of_four_input_pipelines_reads_about_a_quarter_of_the_split(builder):
+    info = builder.info.splits["train"]
+    split_bytes = sum(os.path.getsize(path) for path in info.filepaths)
+    steps = info.num_examples // 16  # one pass
     shares = []
-    for pipeline in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2)
-        # Half a pass each (8 per-replica batches of 8 = 64 of the pipeline's 128): files of the first pass only.
-        dataset = training(four_shards, size=16, batch_size=16, input_context=context, steps_per_epoch=8, epochs=1)
-        shares.append({shard_of[path] for path in paths_of(dataset, 8)})
-    assert len(shares[0]) == len(shares[1]) == 2 and not shares[0] & shares[1], shares
+    for pipeline in range(4):
+        context = tf.distribute.InputContext(4, pipeline, 4)
+        dataset = training(builder, input_context=context, steps_per_epoch=steps, epochs=1)
+        before = bytes_read()
+        assert sum(len(labels) for _, labels in dataset.take(steps)) == info.num_examples // 4
+        shares.append((bytes_read() - before) / split_bytes)
+    # Its quarter, and the headers of the records its streams skip to their start (13 of the 126 bytes a record
+    # takes here, for at most the one shard file of this split): far from the whole split each.
+    assert all(0.25 <= share < 0.45 for share in shares), shares
+    assert sum(shares) < 1.5, shares
+
+
+def test_every_input_pipeline_validates_its_part_of_the_same_first_records(builder):
+    config = small_config()
+    whole = [path.tobytes() for paths, _ in input_pipeline.validation_dataset(builder, config, 4).take(4)
+             for path in paths.numpy()]  # fmt: skip
+    assert whole == [path.tobytes() for paths, _ in
+                     input_pipeline.evaluation_dataset(builder, "validation", config, paths=True).take(4)
+                     for path in paths.numpy()]  # fmt: skip
+    for pipelines, replicas in ((2, 2), (4, 4), (2, 4)):
+        parts = []
+        for pipeline in range(pipelines):
+            context = tf.distribute.InputContext(pipelines, pipeline, replicas)
+            batches = list(
+                input_pipeline.validation_dataset(builder, config, 4, context).take(4 * replicas // pipelines)
+            )
+            assert {len(labels) for _, labels in batches} == {16 // replicas}
+            parts += [path.tobytes() for paths, _ in batches for path in paths.numpy()]
+        assert parts == whole
 
 
 def test_a_dataset_without_the_path_feature_is_refused_with_what_to_do(small_data_dir, tmp_path):
@@ -213,3 +277,33 @@ def test_a_missing_dataset_says_how_to_make_it(tmp_path):
 def test_a_dataset_of_another_size_is_not_found(small_data_dir):
     with pytest.raises(UsageError, match="size_9"):
         input_pipeline.load_builder(small_data_dir, 9)
+
+
+def service_pieces(sent) -> tf.data.Dataset:
+    """Pieces as 2 tf.data service workers send them: (step, worker) in the order given; worker w holds places w
+    and w + 2 of each step, labelled step * 10 + place."""
+    steps, workers = [step for step, _ in sent], [worker for _, worker in sent]
+    places = [[worker, worker + 2] for _, worker in sent]
+    labels = [[step * 10.0 + place for place in where] for step, where in zip(steps, places, strict=True)]
+    paths = np.zeros([len(sent), 2, SMALL["size"], 2], np.uint8)
+    return tf.data.Dataset.from_tensor_slices(
+        (tf.constant(steps, tf.int64), tf.constant(workers, tf.int64), tf.constant(places, tf.int64), paths,
+         tf.constant(labels, tf.float32))
+    )  # fmt: skip
+
+
+def test_each_steps_pieces_from_the_service_workers_are_put_together_in_order_whoever_sent_first():
+    # Worker 1 was slow to start: worker 0's pieces of 3 steps come first.
+    sent = [(5, 0), (6, 0), (7, 0), (5, 1), (6, 1), (8, 0), (7, 1), (8, 1)]
+    steps = input_pipeline.in_step_order(service_pieces(sent), workers=2, start_step=5)
+    assert [labels.tolist() for _, labels in steps.as_numpy_iterator()] == [
+        [step * 10.0 + place for place in range(4)] for step in (5, 6, 7, 8)
+    ]
+
+
+def test_a_service_worker_that_restarted_stops_the_run_rather_than_change_the_order():
+    sent = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (0, 1)]  # worker 1 started again from the run's first step
+    steps = input_pipeline.in_step_order(service_pieces(sent), workers=2, start_step=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=input_pipeline.SERVICE_STEP_ERROR
+                       + r" 1 sent a piece of step 0 where step 2 was due: it restarted mid-run"):  # fmt: skip
+        list(steps)

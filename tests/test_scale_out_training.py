@@ -1,5 +1,6 @@
 """Training across machines on localhost: two workers of TF_CONFIG (identical weights, only the chief writes, a lost
-or missing peer, SIGTERM while waiting), the tf.data service, each worker's share of a split."""
+or missing peer, SIGTERM while waiting, damaged shards, refusals). The same batches on any topology, and the
+tf.data service: test_scale_out_topology.py."""
 
 import json
 import os
@@ -201,57 +202,6 @@ def test_sigterm_to_a_worker_waiting_for_its_peers_ends_it_within_seconds_with_o
     lines = (tmp_path / "worker_1.log").read_text().strip().splitlines()
     assert lines[-1].startswith("trainer.task: error: stopped by SIGTERM while waiting for the other workers")
     assert not (tmp_path / "model").exists()
-
-
-def test_the_trainer_reads_its_batches_from_a_tf_data_service_on_localhost(small_data_dir, tmp_path):
-    servers = [start(["-m", "trainer.data_service", "dispatcher", "--port", "0"], tmp_path / "dispatcher.log")]
-    try:
-        port = wait_for(tmp_path / "dispatcher.log", r"grpc://localhost:(\d+)", servers, timeout=120).group(1)
-        for index in range(2):
-            command = ["-m", "trainer.data_service", "worker", "--dispatcher", f"localhost:{port}"]
-            servers.append(start(command, tmp_path / f"worker_{index}.log"))
-        model_dir = tmp_path / "model"
-        result = run_command(
-            "-m", "trainer.task", *SMOKE, "--set", "epochs=3", "--set", "steps_per_epoch=20",
-            "--data_dir", small_data_dir, "--model_dir", str(model_dir),
-            "--tf_data_service", f"grpc://localhost:{port}", timeout=300,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        for index in range(2):
-            assert (
-                "worker up on a free port, serving the dispatcher at localhost:"
-                in (tmp_path / f"worker_{index}.log").read_text()
-            )
-    finally:
-        stop(servers)
-    assert f"training batches come from the tf.data service at grpc://localhost:{port}" in result.stderr
-    assert (model_dir / "export" / "saved_model.pb").is_file()
-    assert json.loads((model_dir / "metrics.json").read_text())["accuracy"] >= 0.9
-
-
-def example_keys(batches) -> list[bytes]:
-    """One key per example of a (videos, labels) batch stream: the video's bytes and its label."""
-    pairs = (pair for videos, labels in batches for pair in zip(videos, labels, strict=True))
-    return [video.tobytes() + bytes([int(label)]) for video, label in pairs]
-
-
-def test_each_worker_reads_its_own_share_of_a_split_in_per_replica_batches(small_data_dir):
-    import tensorflow as tf
-
-    from trainer import config, input_pipeline
-
-    builder = input_pipeline.load_builder(small_data_dir, 8)
-    settings = config.load("configs/smoke.yaml")
-    shares = []
-    for worker in range(2):
-        # 2 workers of 1 replica each: global batch 32, 16 per replica.
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2)
-        batches = list(input_pipeline.evaluation_dataset(builder, "validation", settings, input_context=context))
-        assert {len(labels) for _, labels in batches} == {16}
-        shares.append(example_keys(tf.nest.map_structure(lambda tensor: tensor.numpy(), batches)))
-    whole = example_keys(input_pipeline.evaluation_dataset(builder, "validation", settings).as_numpy_iterator())
-    assert len(shares[0]) == len(shares[1]) == SMALL["num_validation"] // 2
-    assert sorted(shares[0] + shares[1]) == sorted(whole)
 
 
 def run_two_workers(arguments: list[str], timeout: float = 180) -> list[subprocess.CompletedProcess]:

@@ -4,6 +4,7 @@ test_e2e_training.py; killed and resumed: test_faults_training.py; across machin
 
 from __future__ import annotations
 
+import json
 import os
 
 from conftest import free_port, last_error_line, run_in_process
@@ -51,3 +52,27 @@ def test_without_model_dir_or_aip_model_dir_the_command_says_what_to_set(small_d
     assert (
         last_error_line(result, "trainer.task") == "trainer.task: error: --model_dir is required (or set AIP_MODEL_DIR)"
     )
+
+
+def test_workers_that_cannot_share_the_input_streams_are_refused_naming_those_that_can(
+    small_data_dir, tmp_path, capfd, monkeypatch
+):
+    addresses = [f"localhost:{free_port()}" for _ in range(3)]
+    cluster = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    result = run_in_process("trainer.task", task(small_data_dir, tmp_path / "model"), capfd)
+    assert result.returncode == 2
+    assert last_error_line(result, "trainer.task") == (
+        "trainer.task: error: 3 workers cannot share this run's 8 input streams evenly (the order of its batches is "
+        "defined over them, and each worker reads a whole number of them): use 1, 2, 4 or 8 workers; a new run may "
+        "set input_streams to a multiple of 3"
+    )
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_batch_that_the_input_streams_cannot_share_is_refused(small_data_dir, tmp_path, capfd):
+    result = run_in_process("trainer.task", task(small_data_dir, tmp_path / "model", "--set", "batch_size=20"), capfd)
+    assert result.returncode == 2
+    assert "batch_size 20 does not split evenly over input_streams 8" in last_error_line(result, "trainer.task")
+    assert "set input_streams to one of 1, 2, 4, 5, 10 or 20" in last_error_line(result, "trainer.task")
+    assert not (tmp_path / "model").exists()

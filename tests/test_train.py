@@ -3,6 +3,7 @@ run by test_e2e_training.py (and killed and resumed by test_faults_training.py).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipeline import cli
@@ -58,3 +59,18 @@ def test_a_checkpoint_is_written_once_a_position_and_not_before_the_first_step(b
     loop.save(checkpoints.Position(2))  # the same position again: nothing rewritten
     assert list(state.iterdir()) == [written]
     assert {path: path.stat().st_mtime_ns for path in written.iterdir()} == before
+
+
+def test_a_batch_digest_depends_on_its_examples_not_on_their_order_or_how_replicas_share_them():
+    paths = np.random.default_rng(0).integers(0, 8, [16, 8, 2]).astype(np.uint8)
+    labels = np.arange(16, dtype=np.float32) % 2
+
+    def digest(*parts):
+        sums = sum(train.replica_digest(paths[part], labels[part]).numpy() for part in parts)
+        return train.describe_digest(sums)
+
+    whole = digest(slice(0, 16))
+    assert whole.startswith("16 examples, digest ")
+    assert digest(slice(8, 16), slice(0, 8)) == whole  # two replicas
+    assert digest(np.arange(16)[::-1]) == whole  # another order
+    assert digest(np.r_[0:15, 0]) != whole  # another example
