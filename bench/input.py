@@ -1,11 +1,13 @@
-"""python -m bench input [--data_dir DIR] [--size 50] [--batch_size 32] [--batches 300]
+"""python -m bench input [--data_dir DIR] [--size 50] [--batch_size 32] [--batches 300] [--pipelines 1,2,4,8]
 
 The tf.data input pipeline on its own, as the trainer builds it (trainer.input_pipeline:
-interleaved shards, shuffle of serialized records, batch, parse path and label per batch,
+the input streams' shard ranges, shuffled in windows, batch, parse path and label per batch,
 prefetch), next to the same records read by TFDS with each video inflated on the host (the
 trainer's input before the path feature) and the records alone, in one process. Reports
-sequences per second and per core. Without --data_dir a dataset is generated first.
-Ends with one JSON line.
+sequences per second and per core. Then, for each count W of --pipelines, every one of W input
+pipelines (as W workers would have them) reads 3 epochs, one after another: the bytes each reads
+from the shard files in an epoch (this process's rchar, /proc/self/io) against the split's, and its
+sequences per second. Without --data_dir a dataset is generated first. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def rate(dataset, batches: int, batch_size: int) -> float:
 
 
 def generate_data(data_dir: str, size: int):
+    # Enough for the input pipelines' bytes to be shares of the split rather than of one read buffer.
     command = [sys.executable, "-m", "pipeline.generate", f"--data_dir={data_dir}", f"--size={size}",
-               "--num_train=2000", "--num_validation=64", "--num_test=64"]  # fmt: skip
+               "--num_train=20000", "--num_validation=64", "--num_test=64"]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)
 
 
@@ -42,7 +45,14 @@ def main(argv=None):
     parser.add_argument("--size", type=cli.positive_int, default=contract.DEFAULT_SIZE)
     parser.add_argument("--batch_size", type=cli.positive_int, default=32)
     parser.add_argument("--batches", type=cli.positive_int, default=300)
+    parser.add_argument("--pipelines", default="1,2,4,8", help="Comma-separated input pipeline counts (workers).")
     args = parser.parse_args(argv)
+    try:
+        args.pipelines = [int(count) for count in args.pipelines.split(",")]
+    except ValueError:
+        parser.error(f"--pipelines {args.pipelines}: expected whole numbers, e.g. 1,2,4,8")
+    if any(count < 1 or 8 % count for count in args.pipelines):
+        parser.error(f"--pipelines {args.pipelines}: each count must divide the 8 input streams (1, 2, 4 or 8)")
     cli.quiet_tensorflow()
     with contextlib.ExitStack() as stack:
         data_dir = args.data_dir
@@ -82,6 +92,7 @@ def measure(data_dir: str, args) -> dict:
         "videos_inflated_seq_per_s": round(rate(videos, args.batches, args.batch_size)),
         "records_only_seq_per_s": round(rate(records, args.batches, args.batch_size)),
     }
+    figures["pipelines"] = {str(count): per_pipeline(builder, config, count) for count in args.pipelines}
     figures["pipeline_seq_per_s_per_core"] = round(figures["pipeline_seq_per_s"] / cores)
     figures["pipeline_over_videos_inflated"] = round(
         figures["pipeline_seq_per_s"] / figures["videos_inflated_seq_per_s"], 1
@@ -90,8 +101,54 @@ def measure(data_dir: str, args) -> dict:
     print(f"  the trainer's pipeline (path, label): {figures['pipeline_seq_per_s']:,} seq/s ({per_core:,} per core)")
     print(f"  videos inflated on the host, example by example: {figures['videos_inflated_seq_per_s']:,} seq/s")
     print(f"  serialized records alone: {figures['records_only_seq_per_s']:,} seq/s")
+    for count, shares in figures["pipelines"].items():
+        print(
+            f"  {count} input pipeline(s): {shares['read_fraction_max']:.3f} of the split's bytes read in an epoch "
+            f"by the one that read most (1/{count} = {1 / int(count):.3f}), {shares['seq_per_s_min']:,} to "
+            f"{shares['seq_per_s_max']:,} seq/s each"
+        )
     print(json.dumps(figures))
     return figures
+
+
+def bytes_read() -> int:
+    """What this process has read through system calls so far (page cache included): /proc/self/io's rchar."""
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
+
+
+# Epochs each input pipeline reads: several, so that one pipeline's start-up weighs little on its rate.
+EPOCHS = 3
+
+
+def per_pipeline(builder, config: dict, pipelines: int) -> dict:
+    """Each of `pipelines` input pipelines reading EPOCHS epochs in turn: the largest share of the split's bytes one
+    read in an epoch, and the slowest and fastest rate."""
+    import tensorflow as tf
+
+    from trainer import input_pipeline
+
+    info = builder.info.splits["train"]
+    split_bytes = sum(os.path.getsize(path) for path in info.filepaths)
+    steps = info.num_examples // config["batch_size"]
+    fractions, rates = [], []
+    for pipeline in range(pipelines):
+        context = tf.distribute.InputContext(pipelines, pipeline, pipelines)
+        dataset = input_pipeline.training_dataset(builder, config, steps_per_epoch=steps, epochs=EPOCHS,
+                                                  input_context=context if pipelines > 1 else None)  # fmt: skip
+        before = bytes_read()
+        batches = iter(dataset.take(steps * EPOCHS))
+        next(batches)  # start-up (opening shards, the first windows) is not the steady rate
+        start = time.perf_counter()
+        examples = sum(len(labels) for _, labels in batches)
+        rates.append(examples / (time.perf_counter() - start))
+        fractions.append((bytes_read() - before) / split_bytes / EPOCHS)
+    return {
+        "read_fraction_max": round(max(fractions), 4),
+        "read_fraction_per_pipeline_times_w": round(max(fractions) * pipelines, 3),
+        "seq_per_s_min": round(min(rates)),
+        "seq_per_s_max": round(max(rates)),
+    }
 
 
 if __name__ == "__main__":
