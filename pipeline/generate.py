@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import glob
 import io
 import logging
 import os
@@ -199,9 +198,11 @@ def exclusive_build(config_folder: str):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise cli.UsageError(f"another pipeline.generate is writing {config_folder}; wait for it to end") from None
-        for stale in glob.glob(os.path.join(config_folder, "incomplete.*")):
-            cli.log(PROG, f"removing {stale}, left by an interrupted run")
-            shutil.rmtree(stale)
+        for name in sorted(os.listdir(config_folder)):
+            if contract.INCOMPLETE_FOLDER.fullmatch(name):
+                stale = os.path.join(config_folder, name)
+                cli.log(PROG, f"removing {stale}, left by an interrupted run")
+                shutil.rmtree(stale)
         yield
 
 
@@ -273,7 +274,6 @@ def main(argv=None):
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL + 1)
     options = beam_options.make_options(beam_args)
     dry_run = beam_options.is_dry_run(options)
-    check_data_dir(args.data_dir, create=False)
     runner_name = beam_options.runner_name(options).rsplit(".", 1)[-1]
     dask = beam_options.is_dask(options)
 
@@ -288,6 +288,12 @@ def main(argv=None):
             f"--num_shards {args.num_shards} is more than the {counts[split]:,} {split} examples; "
             f"give at most {counts[split]:,} (every shard holds at least one example)"
         )
+    folder = contract.dataset_folder(args.data_dir, args.size)
+    remote = "://" in args.data_dir
+    # A finished build is a no-op wherever it lies (a read-only mount too): looked for before anything else.
+    if not (dry_run and remote) and existing_build(folder, wanted, args) == "built":
+        return 0
+    check_data_dir(args.data_dir, create=False)
 
     import tensorflow_datasets as tfds
 
@@ -306,18 +312,14 @@ def main(argv=None):
         for split, count in counts.items()
     }
     needed = estimate_bytes(counts, bytes_per_example, args.file_format)
-    folder = contract.dataset_folder(args.data_dir, args.size)
-    remote = "://" in args.data_dir
-
-    if not (dry_run and remote) and existing_build(folder, wanted, args) == "built":
-        return 0
-    check_free_space(args.data_dir, needed)
+    # The shard limit first: no disk makes room for a build TFDS cannot list.
     for split, shards in num_shards.items():
         if shards > MAX_SHARDS_PER_SPLIT:
             raise cli.UsageError(
                 f"{counts[split]:,} {split} examples would take {shards:,} shards, more than the "
                 f"{MAX_SHARDS_PER_SPLIT:,} TFDS's metadata can list; ask for fewer examples or set --num_shards"
             )
+    check_free_space(args.data_dir, needed)
 
     if dry_run:
         return dry_run_job(args, options, runner_name, counts, num_shards, needed, folder, remote)
@@ -402,6 +404,13 @@ def existing_build(folder: str, wanted: dict, args) -> str | None:
     except contract.DamagedDatasetError as damage:
         if read_settings(folder) != wanted or "://" in folder:
             raise
+        check_data_dir(args.data_dir, create=False)  # a rebuild writes: a read-only folder is refused as before
+        others = sorted(name for name in os.listdir(folder) if not contract.is_build_file(name))
+        if others:  # rebuilding deletes the folder: only when it holds nothing but a build's files
+            raise cli.UsageError(
+                f"{str(damage).split(';')[0]}, and it holds {others[0]}, which no build writes; move that away and "
+                "run the same command again to rebuild it, or delete the folder yourself"
+            ) from None
         cli.log(PROG, f"{str(damage).split(';')[0]}; rebuilding it with the same settings")
         with exclusive_build(os.path.dirname(folder)):
             shutil.rmtree(folder)

@@ -15,7 +15,17 @@ import time
 
 import pytest
 from built_data import VERSION, assert_one_line_error, dataset_folder, expected_digests, read_without_project
-from conftest import REPO, generate_args, last_error_line, made_once, run_command, run_in_process, snapshot
+from conftest import (
+    REPO,
+    generate_args,
+    last_error_line,
+    made_once,
+    mount_tmpfs,
+    run_command,
+    run_in_process,
+    snapshot,
+    unmount,
+)
 
 from pipeline import contract
 
@@ -109,11 +119,52 @@ def test_a_damaged_build_is_refused_by_readers_and_rebuilt_by_generate(tiny_data
     # Other settings: the damage is reported, nothing is touched.
     other = run_in_process("pipeline.generate", generate_args(data_dir, {**settings, "num_train": 41})[2:], capfd)
     assert_one_line_error(other, "pipeline.generate", 1, "is damaged", "rebuild it")
+    # A folder of the user's beside the build, named like the ones a killed build leaves, is no build's.
+    mine = pathlib.Path(folder).parent / "incomplete.mine"
+    mine.mkdir()
     again = run_command(*generate_args(data_dir, settings), check=True)
     if damage != "metadata unreadable":
         assert "rebuilding it with the same settings" in again.stderr
     read = read_without_project(data_dir, "moving_line/size_8", 8)
     assert read["load"] == expected_digests(settings)
+    assert mine.is_dir()
+
+
+def test_a_finished_build_on_a_read_only_mount_is_a_no_op_and_a_damaged_one_is_refused(tiny_data_dir, tmp_path, capfd):
+    data_dir, settings = tiny_data_dir
+    mount = tmp_path / "read_only"
+    why_not = mount_tmpfs(mount, "8m")
+    if why_not:
+        pytest.skip(why_not)
+    try:
+        shutil.copytree(data_dir, mount / "built")
+        shutil.copytree(data_dir, mount / "damaged")
+        os.truncate(shard(dataset_folder(mount / "damaged", 8), "train"), 100)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        before = snapshot(mount)
+        built = run_in_process("pipeline.generate", generate_args(mount / "built", settings)[2:], capfd)
+        assert built.returncode == 0, built.stderr
+        assert built.stderr.strip().splitlines() == [
+            f"[pipeline.generate] {dataset_folder(mount / 'built', 8)} already holds this dataset (size 8, seed 1, "
+            "40 train / 8 validation / 8 test); nothing to do"
+        ]
+        damaged = run_in_process("pipeline.generate", generate_args(mount / "damaged", settings)[2:], capfd)
+        assert_one_line_error(damaged, "pipeline.generate", 2, f"--data_dir {mount / 'damaged'} is not writable")
+        assert snapshot(mount) == before
+    finally:
+        unmount(mount)
+
+
+def test_a_damaged_build_holding_a_file_no_build_writes_is_refused_and_nothing_is_deleted(tiny_data_dir, capfd):
+    data_dir, settings = tiny_data_dir
+    folder = dataset_folder(data_dir, 8)
+    os.truncate(shard(folder, "train"), 100)
+    pathlib.Path(folder, "notes.txt").write_text("mine")
+    before = snapshot(data_dir)
+    result = run_in_process("pipeline.generate", generate_args(data_dir, settings)[2:], capfd)
+    assert_one_line_error(result, "pipeline.generate", 2, f"the dataset in {folder} is damaged (shard ",
+                          "and it holds notes.txt, which no build writes; move that away")  # fmt: skip
+    assert snapshot(data_dir) == before
 
 
 def test_settings_of_a_damaged_build_that_cannot_be_read_are_not_guessed(tiny_data_dir, capfd):
