@@ -149,6 +149,24 @@ def run_main(prog: str, main, argv=None):
         fail(prog, f"interrupted by {name}; run the same command again", interrupted_exit(interrupt.signal_number))
 
 
+def check_reachable(path: str | None, flag: str):
+    """A UsageError when path lies on an object store (gs://...) that cannot be reached (no network, no credentials,
+    a bucket this account may not read), found before anything is written: TensorFlow's file systems report it with
+    a traceback, wherever a library first touches the path. A local path: nothing to check."""
+    if not path or "://" not in path:
+        return
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.exists(path)
+    except tf.errors.OpError as error:
+        reason = " ".join(error.message.split()).split(" when ")[0][:300]
+        raise UsageError(
+            f"{flag} {path} cannot be reached ({reason}); check the address, the network and the credentials"
+        ) from None
+
+
 def exit_at_once(code: int):
     """Ends the process without Python's teardown: for a process whose work is done, written and closed.
 

@@ -255,6 +255,15 @@ def is_no_space(error: BaseException) -> bool:
     return "No space left on device" in text or "[Errno 28]" in text
 
 
+def runner_could_not_start(error: BaseException) -> bool:
+    """Beam's portable runners failing before the job starts: a job server they cannot download (Flink's, Spark's
+    jars, with no network), or no --job_endpoint for PortableRunner."""
+    text = str(error)
+    return (isinstance(error, RuntimeError) and text.startswith("Unable to fetch remote")) or (
+        isinstance(error, NotImplementedError) and "--job_endpoint" in text
+    )
+
+
 def cluster_failure(error: BaseException) -> bool:
     """A fault of a Dask cluster rather than of the job: workers that kept dying on a task, a scheduler gone."""
     return type(error).__module__.split(".")[0] == "distributed" or isinstance(error, (OSError, TimeoutError))
@@ -290,6 +299,8 @@ def main(argv=None):
         )
     folder = contract.dataset_folder(args.data_dir, args.size)
     remote = "://" in args.data_dir
+    if not dry_run:  # a dry run needs no network
+        cli.check_reachable(args.data_dir, "--data_dir")
     # A finished build is a no-op wherever it lies (a read-only mount too): looked for before anything else.
     if not (dry_run and remote) and existing_build(folder, wanted, args) == "built":
         return 0
@@ -324,6 +335,7 @@ def main(argv=None):
     if dry_run:
         return dry_run_job(args, options, runner_name, counts, num_shards, needed, folder, remote)
 
+    beam_options.check_runner_binary(options)
     check_data_dir(args.data_dir, create=True)
     config = contract.config_name(args.size)
     predefined = {config.name for config in dataset_builder.Builder.BUILDER_CONFIGS}
@@ -378,6 +390,12 @@ def main(argv=None):
             raise cli.FaultError(
                 f"no space left on the device writing {folder}; nothing was kept: free some space and run the "
                 "same command again"
+            ) from None
+        if runner_could_not_start(error):
+            problem = " ".join(str(error).split())[:300]
+            raise cli.UsageError(
+                f"{runner_name} could not start ({problem}); nothing was kept: give it what it asks for, or drop "
+                "--runner to build on Beam's FnApiRunner"
             ) from None
         if dask and cluster_failure(error):
             problem = " ".join(str(error).split())[:300] or type(error).__name__

@@ -224,6 +224,17 @@ BAD_INPUTS = [
     ("trainer.predict", ["--input={root}/damaged.npz"], "damaged.npz is damaged"),
     ("trainer.predict", ["--input={root}/fortran.npz"], "'video' is stored in Fortran order"),
     ("pipeline.show", ["--data_dir={data}", "--num=101", "--out={root}/x.png"], "--num 101 is more than one"),
+    # An object store that cannot be reached (here, no network): one line before anything is written.
+    ("pipeline.generate", ["--data_dir=gs://moving-line-no-such-bucket/data"],
+     "--data_dir gs://moving-line-no-such-bucket/data cannot be reached (", {"offline": True}),
+    ("trainer.task", ["--data_dir=gs://moving-line-no-such-bucket/data"], "cannot be reached (", {"offline": True}),
+    ("trainer.task", ["--model_dir=gs://moving-line-no-such-bucket/model"], "--model_dir gs://moving-line-no-such-"
+     "bucket/model cannot be reached (", {"offline": True}),
+    ("trainer.evaluate", ["--model_dir=gs://moving-line-no-such-bucket/model"], "cannot be reached (",
+     {"offline": True}),
+    ("trainer.predict", ["--model=gs://moving-line-no-such-bucket/model"], "cannot be reached (", {"offline": True}),
+    ("trainer.export", ["--model_dir=gs://moving-line-no-such-bucket/model"], "cannot be reached (",
+     {"offline": True}),
     # The tf.data service.
     ("trainer.data_service", ["launcher"], "invalid choice: 'launcher'", {"process": True}),
     ("trainer.data_service", ["dispatcher", "--port=65536"], "expected a port from 0 to 65535, got 65536"),
@@ -284,7 +295,7 @@ def with_defaults(prog: str, flags: list[str]) -> list[str]:
 
 def case_values(case) -> tuple[str, list[str], str, dict]:
     """(command, flags, message, options); options: exit (default 2), signal with after (a line) or after_file,
-    again (the same command afterwards succeeds), full_disk."""
+    again (the same command afterwards succeeds), full_disk, offline (needs no route to Google Cloud Storage)."""
     values = case.values[0] if hasattr(case, "values") else case  # a pytest.param
     prog, flags, message, *options = values
     return prog, flags, message, options[0] if options else {}
@@ -300,6 +311,14 @@ def test_there_are_at_least_25_bad_inputs_over_every_command():
     cases = [case_values(case) for case in BAD_INPUTS]
     assert len([case for case in cases if not case[3]]) >= 25
     assert {prog for prog, _, _, _ in cases} == set(DEFAULT_FLAGS)
+
+
+def reaches_cloud_storage() -> bool:
+    try:
+        socket.getaddrinfo("www.googleapis.com", 443)
+    except OSError:
+        return False
+    return True
 
 
 def contents(work) -> dict:
@@ -353,6 +372,8 @@ def test_a_bad_input_or_a_fault_gets_one_line_its_exit_code_and_writes_nothing(w
     prog, flags, message, options = case_values(case)
     if options.get("full_disk") and work["full_disk_missing"]:
         pytest.skip(work["full_disk_missing"])
+    if options.get("offline") and reaches_cloud_storage():
+        pytest.skip("needs a machine that cannot reach Google Cloud Storage (as CI's)")
     arguments = [flag.format(**work) for flag in with_defaults(prog, flags)]
     before = contents(work)
     if "signal" in options:

@@ -130,6 +130,14 @@ def test_a_damaged_build_is_refused_by_readers_and_rebuilt_by_generate(tiny_data
     assert mine.is_dir()
 
 
+def test_a_runner_whose_job_server_cannot_be_fetched_is_one_line_exit_2_and_leaves_no_dataset(tmp_path):
+    jar = "https://repo.maven.apache.org/maven2/org/apache/beam/no-such-job-server.jar"  # offline or not: not fetched
+    result = run_command(*generate_args(tmp_path, TINY, ["--runner=FlinkRunner", f"--flink_job_server_jar={jar}"]))
+    assert_one_line_error(result, "pipeline.generate", 2, "FlinkRunner could not start (Unable to fetch remote job "
+                          f"server jar at {jar}", "drop --runner to build on Beam's FnApiRunner")  # fmt: skip
+    assert os.listdir(tmp_path / "moving_line" / "size_8") == [".generate.lock"]  # as an interrupted run leaves it
+
+
 def test_a_finished_build_on_a_read_only_mount_is_a_no_op_and_a_damaged_one_is_refused(tiny_data_dir, tmp_path, capfd):
     data_dir, settings = tiny_data_dir
     mount = tmp_path / "read_only"

@@ -181,6 +181,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cli.quiet_tensorflow()
+    cli.check_reachable(args.model_dir, "--model_dir")
+    cli.check_reachable(args.data_dir, "--data_dir")
     from trainer import config as config_lib
     from trainer import corrupt_data, input_pipeline
 

@@ -280,6 +280,8 @@ def main(argv=None):
     from trainer import model_dir_lock
 
     args = parse_args(argv)
+    cli.check_reachable(args.model_dir, "--model_dir")
+    cli.check_reachable(args.export_dir, "--export_dir")
     paths = outputs.output_paths(args.model_dir)
     files = outputs.file_system(args.model_dir)
     if not files.isdir(args.model_dir):

@@ -279,6 +279,7 @@ def main(argv=None):
     args = parse_args(argv)
     videos = read_videos(args.input) if args.input else None
     cli.quiet_tensorflow()
+    cli.check_reachable(args.model, "--model")
     from trainer import evaluate
 
     export_dir, signature = evaluate.load_saved_model(args.model)

@@ -67,6 +67,9 @@ def main(argv=None):
 
         data_service.check_dispatcher(args.tf_data_service)
     paths = outputs.output_paths(args.model_dir)
+    for flag, path in (("--data_dir", args.data_dir), ("--model_dir", paths.model_dir),
+                       ("AIP_CHECKPOINT_DIR", os.environ.get("AIP_CHECKPOINT_DIR"))):  # fmt: skip
+        cli.check_reachable(path, flag)
     if cluster is None or cluster.is_chief:
         # A live run's hold first: what the folder holds is that run's, still changing.
         model_dir_lock.refuse_if_held(paths.model_dir)
