@@ -166,6 +166,17 @@ def small_data_dir(tmp_path_factory, worker_id):
                      lambda folder: run_command(*generate_args(folder), check=True))  # fmt: skip
 
 
+# A build of a few examples: splits smaller than a command may ask for, damage that is quick to rebuild.
+TINY = {"size": 8, "num_train": 40, "num_validation": 8, "num_test": 8, "seed": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_built_data_dir(tmp_path_factory, worker_id):
+    """A TFDS data_dir holding moving_line/size_8 built with TINY: copy it to change it."""
+    return made_once(tmp_path_factory, worker_id, "tiny_data",
+                     lambda folder: run_command(*generate_args(folder, TINY), check=True))  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def quick_model_dir(small_data_dir, tmp_path_factory, worker_id):
     """A model_dir QUICK_TRAIN trained on small_data_dir to its end (SavedModel in export/): copy it to change it."""

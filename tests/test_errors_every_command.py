@@ -81,6 +81,8 @@ def work(small_data_dir, quick_model_dir, tmp_path_factory):
     np.savez(root / "no_video.npz", videos=videos)
     np.savez(root / "empty.npz")
     np.save(root / "size_9.npy", generator.generate(3, "test", 0, 2, 9)["video"])
+    np.save(root / "one_size_9.npy", generator.generate(3, "test", 0, 1, 9)["video"][0])
+    np.savez(root / "no_channel.npz", video=videos[..., 0])
     np.save(root / "float.npy", videos.astype(np.float32) / 2)
     np.save(root / "empty.npy", videos[:0])
     np.save(root / "objects.npy", np.array([videos[0], None], dtype=object))
@@ -108,6 +110,10 @@ def work(small_data_dir, quick_model_dir, tmp_path_factory):
     variables = next((root / "truncated_model/export/variables").glob("variables.data-*"))
     with open(variables, "r+b") as file:
         file.truncate(100)
+    # A run stopped before its end (checkpoints, no export/), and one of which trainer.export exported a checkpoint.
+    shutil.copytree(model, root / "stopped_model", ignore=shutil.ignore_patterns("export"))
+    shutil.copytree(model, root / "exported_model", ignore=shutil.ignore_patterns("export"))
+    shutil.copytree(model / "export", root / "exported_model" / "export_step_000000002")
     # A run whose every checkpoint is damaged (its one checkpoint's data cut short): nothing to export.
     shutil.copytree(model, root / "damaged_checkpoint_model", ignore=shutil.ignore_patterns("export"))
     data = next((root / "damaged_checkpoint_model/checkpoints/state").glob("step_*/ckpt.data-*"))
@@ -189,7 +195,10 @@ BAD_INPUTS = [
     ("trainer.predict", ["--input={root}/missing.npy"], "--input {root}/missing.npy: no such file", {"process": True}),
     ("trainer.predict", ["--input={root}/notes.txt"], "not a .npy or .npz file"),
     ("trainer.predict", ["--input={root}/no_video.npz"], "it needs an array named 'video'"),
-    ("trainer.predict", ["--input={root}/size_9.npy"], "this model takes [N, 8, 8, 8, 1]"),
+    ("trainer.predict", ["--input={root}/size_9.npy"], "videos of shape [2, 9, 9, 9, 1]; this model takes [N, 8, 8, "),
+    ("trainer.predict", ["--input={root}/one_size_9.npy"], "videos of shape [9, 9, 9, 1]; this model takes [N, 8, "),
+    # Shapes as the file holds them: 2 videos without their channel axis are not one video of 2 frames.
+    ("trainer.predict", ["--input={root}/no_channel.npz"], "videos of shape [2, 8, 8, 8]; give [N, S, S, S, 1]"),
     ("trainer.predict", ["--input={root}/float.npy"], "pixels must be 0 or 1"),
     ("trainer.predict", ["--input={root}/empty.npy"], "holds no videos"),
     ("trainer.predict", ["--input={root}/float.npy", "--seed=3"], "--seed only applies to generated sequences"),
@@ -197,6 +206,12 @@ BAD_INPUTS = [
     ("trainer.predict", [f"--count={10**20}"], "--count: expected at most 1,000,000,000,000"),
     ("trainer.evaluate", [f"--batch_size={10**20}"], "--batch_size: expected at most 65,536"),
     ("trainer.predict", ["--model={root}/missing"], "no SavedModel in {root}/missing"),
+    # A run stopped before its end: the advice is to export it (or finish it), not to train one from scratch.
+    ("trainer.predict", ["--model={root}/stopped_model"], "its trainer.task run has not finished: export its newest "
+     "checkpoint with `python -m trainer.export --model_dir {root}/stopped_model` and give the folder it names, or"),
+    ("trainer.evaluate", ["--model_dir={root}/exported_model"], "export its newest checkpoint with `python -m "
+     "trainer.export --model_dir {root}/exported_model` and give the folder it names, or give "
+     "{root}/exported_model/export_step_000000002 (an export of it), or run the same trainer.task command again"),
     # Configs: files that are not YAML text, keys given twice, values out of range, sizes the model cannot take.
     ("trainer.task", ["--config={root}/garbage.yaml"], "--config {root}/garbage.yaml is not UTF-8 text"),
     ("trainer.task", ["--config={root}/nul.yaml"], "nul.yaml: not valid YAML"),
@@ -389,8 +404,11 @@ def test_a_bad_input_or_a_fault_gets_one_line_its_exit_code_and_writes_nothing(w
         assert lines[-1] == message, result.stderr[-3000:]
     else:
         assert message.format(**work) in last_error_line(result, prog)
-    # Nothing but the command's own lines: no library chatter, no second error line.
+    # Nothing but the command's own lines: no library chatter, no second error line; bad input is the refusal alone
+    # (nothing said about work that was never going to start).
     assert all(line.startswith(f"[{prog}] ") for line in lines[:-1]), result.stderr[-3000:]
+    if result.returncode == 2:
+        assert len(lines) == 1, result.stderr[-3000:]
     assert contents(work) == before
     if options.get("again"):
         again = run_command("-m", prog, *arguments, timeout=300)

@@ -17,9 +17,9 @@ import pytest
 from built_data import VERSION, assert_one_line_error, dataset_folder, expected_digests, read_without_project
 from conftest import (
     REPO,
+    TINY,
     generate_args,
     last_error_line,
-    made_once,
     mount_tmpfs,
     run_command,
     run_in_process,
@@ -89,16 +89,10 @@ READERS = {
 }
 
 
-TINY = {"size": 8, "num_train": 40, "num_validation": 8, "num_test": 8, "seed": 1}
-
-
 @pytest.fixture
-def tiny_data_dir(tmp_path_factory, worker_id, tmp_path):
+def tiny_data_dir(tiny_built_data_dir, tmp_path):
     """A copy, for this test to damage, of a tiny build made once."""
-    built = made_once(
-        tmp_path_factory, worker_id, "tiny_data", lambda folder: run_command(*generate_args(folder, TINY), check=True)
-    )
-    shutil.copytree(built, tmp_path / "data")
+    shutil.copytree(tiny_built_data_dir, tmp_path / "data")
     return tmp_path / "data", TINY
 
 

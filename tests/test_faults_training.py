@@ -44,7 +44,7 @@ CONFIG = ["--config", "configs/smoke.yaml", "--set", "deterministic=true", "--se
           "steps_per_epoch=20", "--set", "checkpoint_every_steps=5", "--set", "test_after_training=false"]  # fmt: skip
 SETTINGS = {
     "one_device": [],
-    "mirror": ["--set", "logical_cpu_devices=2", "--set", "devices=[/cpu:0, /cpu:1]"],
+    "mirror": ["--set", "logical_cpu_devices=2"],  # split the CPU in two and mirror over both (docs/training.md)
     "two_workers": [],
 }
 # Where one run is killed, in turn (tests/fault_injection/sitecustomize.py counts from each process's start), and
@@ -135,7 +135,7 @@ def references(small_data_dir, tmp_path_factory):
             for name in ("first", "second"):
                 results = train(setting, root / name, small_data_dir)
                 assert [code for code, _ in results] == [0] * len(results), results[0][1][-3000:]
-                runs.append({"fingerprint": fingerprint(chief_log(results)),
+                runs.append({"fingerprint": fingerprint(chief_log(results)), "log": chief_log(results),
                              "history": (root / name / "history.csv").read_text()})  # fmt: skip
             made[setting] = {"setting": setting, "runs": runs, "root": root, "data": small_data_dir}
         return made[setting]
@@ -148,6 +148,8 @@ def test_two_uninterrupted_runs_end_with_identical_weights(references, setting):
     first, second = references(setting)["runs"]
     assert first["fingerprint"] == second["fingerprint"]
     assert first["history"] == second["history"] and len(first["history"].splitlines()) == 4
+    replicas = {"one_device": "1 replica in all", "mirror": "2 replicas in all", "two_workers": "2 replicas in all"}
+    assert replicas[setting] in first["log"], first["log"][-3000:]
 
 
 def killed(setting, model_dir, data_dir, point: str, worker: int = 0):
