@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -38,7 +39,10 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A size-8 model trained for a moment (so that it tells the classes apart), exported both ways."""
+    import keras
+
     folder = tmp_path_factory.mktemp("export")
+    keras.utils.set_random_seed(0)  # the same model every time: one that tells the classes apart
     keras_model = model_lib.compile_model(model_lib.build_model(SIZE), learning_rate=0.01)
     train = generator.generate(0, "train", 0, 512, SIZE)
     keras_model.fit(train["video"], train["label"], batch_size=32, epochs=2, verbose=0)
@@ -68,6 +72,31 @@ def test_the_saved_model_loads_without_this_package_and_predicts_what_keras_pred
     assert 0.05 < np.mean(expected > 0.5) < 0.95, "the model should predict both classes"
     np.testing.assert_allclose(loaded["probability_right"], expected, atol=1e-6)
     assert loaded["class_name"] == ["right" if p > 0.5 else "left" for p in expected]
+
+
+def test_predict_prints_for_each_video_the_saved_models_probability_and_class(exported, tmp_path, capfd):
+    """trainer.predict's lines come from the model: each line's probability is the SavedModel's for that video, its
+    class follows the probability, and a model that learnt the task predicts what is expected on most lines."""
+    made = generator.generate(12, "test", 0, 64, SIZE)
+    np.savez(tmp_path / "videos.npz", video=made["video"], label=made["label"])
+    arguments = [f"--model={exported['export_dir']}", f"--input={tmp_path / 'videos.npz'}"]
+    result = run_in_process("trainer.predict", arguments, capfd)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    serve = tf.saved_model.load(exported["export_dir"]).signatures["serving_default"]
+    expected = serve(video=tf.constant(made["video"]))["probability_right"].numpy()
+    printed = []
+    for line, label, probability in zip(lines, made["label"], expected, strict=True):
+        found = re.fullmatch(
+            r"Expected: (Left|Right), Predicted: (Left|Right)  \(probability of right ([\d.]+)\)", line
+        )
+        assert found, line
+        assert found.group(1) == ("Left", "Right")[label]
+        assert found.group(2) == ("Right" if probability > 0.5 else "Left"), line
+        assert float(found.group(3)) == pytest.approx(probability, abs=5e-5), line
+        printed.append(found.group(1) == found.group(2))
+    assert np.mean(printed) >= 0.8, f"{np.mean(printed):.0%} of the predictions are what is expected"
+    assert f"[trainer.predict] {sum(printed)}/64 correct" in result.stderr
 
 
 def test_the_serving_function_eagerly_and_in_a_dataset_map(exported):

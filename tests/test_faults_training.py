@@ -213,10 +213,17 @@ def test_a_mirror_killed_mid_checkpoint_write_ends_as_if_never_stopped(reference
     ends_as_if_never_stopped("mirror", model_dir, reference, resumes_at=10)
 
 
-@pytest.mark.parametrize("setting", settings_of("one_device", "two_workers"))
-def test_sigterm_stops_within_seconds_with_one_line_and_the_rerun_ends_as_if_never_stopped(references, setting):
+@pytest.mark.parametrize(
+    ("setting", "signal_name"), [in_group("one_device", "SIGINT"), in_group("two_workers", "SIGTERM")]
+)
+def test_ctrl_c_or_sigterm_stops_within_seconds_with_one_line_and_a_checkpoint_and_the_rerun_ends_as_if_never_stopped(
+    references, setting, signal_name
+):
+    """Ctrl-C on one device (a terminal sends SIGINT to the trainer's one process), SIGTERM to one of two workers (as a
+    scheduler does): the step in progress finishes, a checkpoint of that step is written, one line each."""
     reference = references(setting)
-    model_dir = reference["root"] / "sigterm"
+    model_dir = reference["root"] / signal_name.lower()
+    number = getattr(signal, signal_name)
     processes = start(setting, model_dir, reference["data"])
     target = processes[-1][0]  # with two workers, only the second is told to stop: both must
     deadline = time.monotonic() + 240
@@ -226,20 +233,24 @@ def test_sigterm_stops_within_seconds_with_one_line_and_the_rerun_ends_as_if_nev
             finish(processes, timeout=0)
             pytest.fail(f"the run ended before its first step:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
-    target.send_signal(signal.SIGTERM)
+    target.send_signal(number)
     sent = time.monotonic()
     stopped = finish(processes, timeout=60)
     seconds = time.monotonic() - sent
-    assert seconds < STOP_SECONDS, f"stopped {seconds:.1f} s after SIGTERM"
+    assert seconds < STOP_SECONDS, f"stopped {seconds:.1f} s after {signal_name}"
     for code, log in stopped:
-        assert code == 128 + signal.SIGTERM, log[-3000:]
+        assert code == 128 + number, log[-3000:]
         lines = log.strip().splitlines()
-        assert "Traceback" not in log and lines[-1].startswith("trainer.task: error: stopped by SIGTERM at step ")
+        assert "Traceback" not in log and lines[-1].startswith(
+            f"trainer.task: error: stopped by {signal_name} at step "
+        )
         assert "run the same command again to resume" in lines[-1]
-    steps = {re.search(r"stopped by SIGTERM at step (\d+)", log).group(1) for _, log in stopped}
+    steps = {re.search(rf"stopped by {signal_name} at step (\d+)", log).group(1) for _, log in stopped}
     assert len(steps) == 1, steps  # every worker stopped at the same step
+    step = int(steps.pop())
+    assert (model_dir / "checkpoints" / "state" / f"step_{step:09d}" / "manifest.json").is_file()
 
-    ends_as_if_never_stopped(setting, model_dir, reference, resumes_at=int(steps.pop()))
+    ends_as_if_never_stopped(setting, model_dir, reference, resumes_at=step)
 
 
 # One device only: what the checkpoints themselves promise (the format is the same in every setting).
