@@ -277,9 +277,26 @@ def local_dask_cluster(beam_args: list[str], options, workers: int):
 
     Started and closed here rather than by Beam's DaskRunner, which would leave it open when the command ends.
     Its workers report a failing task to the command, which raises it; their own logs would only add noise."""
-    if not is_dask(options) or dask_address(options):
+    if not is_dask(options):
         yield options
         return
+    import logging
+
+    # The client logs each failed attempt to reach a lost scheduler or worker; the command's last line says what
+    # became of the job.
+    client_logger = logging.getLogger("distributed.client")
+    level = client_logger.level
+    client_logger.setLevel(logging.CRITICAL)
+    try:
+        if dask_address(options):
+            yield options
+            return
+        yield from _local_cluster(beam_args, workers)
+    finally:
+        client_logger.setLevel(level)
+
+
+def _local_cluster(beam_args: list[str], workers: int):
     import logging
 
     from dask import distributed

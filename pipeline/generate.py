@@ -397,13 +397,15 @@ def main(argv=None):
                 f"{runner_name} could not start ({problem}); nothing was kept: give it what it asks for, or drop "
                 "--runner to build on Beam's FnApiRunner"
             ) from None
-        if dask and cluster_failure(error):
+        if dask and (cluster_failure(error) or isinstance(error, dataset_builder.ShardsMissingError)):
             problem = " ".join(str(error).split())[:300] or type(error).__name__
             raise cli.FaultError(
                 f"the Dask cluster at {beam_options.dask_address(options) or 'localhost'} could not finish the job "
                 f"({type(error).__name__}: {problem}); nothing was kept: check its workers and run the same command "
                 "again"
             ) from None
+        if isinstance(error, dataset_builder.ShardsMissingError):
+            raise cli.FaultError(f"{runner_name} {error}; nothing was kept: run the same command again") from None
         raise
     finally:
         if progress_folder:
