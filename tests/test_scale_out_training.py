@@ -4,6 +4,7 @@ or missing peer, SIGTERM while waiting), the tf.data service, each worker's shar
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,6 +169,56 @@ def test_a_worker_whose_training_process_is_killed_says_so_the_other_names_it_an
     assert fingerprint(tmp_path / "again" / "worker_0.log") == fingerprint(tmp_path / "again" / "worker_1.log")
     assert (model_dir / "export" / "saved_model.pb").is_file()
     assert json.loads((model_dir / "history.json").read_text())["epoch"] == [1, 2, 3]
+
+
+def test_workers_that_find_different_checkpoints_are_stopped_in_one_line_each(
+    quick_model_dir, small_data_dir, tmp_path
+):
+    """Worker 0's --model_dir holds a checkpoint, worker 1's none (a --model_dir that is not one shared folder)."""
+    resumed = tmp_path / "shared_by_none"
+    shutil.copytree(quick_model_dir, resumed, ignore=shutil.ignore_patterns("export"))
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    workers = []
+    for index, model_dir in enumerate((resumed, tmp_path / "another")):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        command = ["-m", "trainer.task", *QUICK_TRAIN, "--data_dir", small_data_dir, "--model_dir", str(model_dir)]
+        workers.append(start(command, tmp_path / f"worker_{index}.log", env={"TF_CONFIG": json.dumps(tf_config)}))
+    assert finish(workers, timeout=240) == [1, 1], (tmp_path / "worker_0.log").read_text()[-3000:]
+    for index in range(2):
+        lines = (tmp_path / f"worker_{index}.log").read_text().strip().splitlines()
+        assert lines[-1].startswith(
+            "trainer.task: error: the workers resumed from different checkpoints: --model_dir (and AIP_CHECKPOINT_DIR) "
+            "must be one folder that every worker reaches"
+        ), lines
+        assert all(line.startswith("[trainer.task] ") for line in lines[:-1]), lines
+
+
+def test_a_peer_that_hangs_without_dying_stops_the_others_after_collective_timeout_seconds(small_data_dir, tmp_path):
+    """Worker 1 stops in its 5th train step, alive (TensorFlow's threads answer the health checks, which find nothing
+    wrong): only the all-reduce's timeout ends the chief's wait."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    hang = {"PYTHONPATH": os.path.join(REPO, "tests", "fault_injection"), "FAULT_AT": "train_step:5:hang"}
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        command = ["-m", "trainer.task", *SMOKE, "--set", "collective_timeout_seconds=5", "--data_dir", small_data_dir,
+                   "--model_dir", str(tmp_path / "model")]  # fmt: skip
+        env = {"TF_CONFIG": json.dumps(tf_config), **(hang if index else {})}
+        workers.append(start(command, tmp_path / f"worker_{index}.log", env=env))
+    try:
+        wait_for(tmp_path / "worker_0.log", r"first step of this run", workers, timeout=240)
+        started = time.monotonic()  # within 4 steps of the hang
+        code = ended_within(workers[0], 120, "worker 0 with a peer that hangs")
+        seconds = time.monotonic() - started
+    finally:
+        stop(workers)
+    assert code == 1, (tmp_path / "worker_0.log").read_text()[-3000:]
+    line = (tmp_path / "worker_0.log").read_text().strip().splitlines()[-1]
+    assert line.startswith("trainer.task: error: lost contact with another worker (every one still answers: one may "
+                           "hang) ("), line  # fmt: skip
+    # 5 s of all-reduce timeout, the chief's wait for its peers to leave (10 s) and room for a loaded machine.
+    print(f"worker 0 stopped {seconds:.1f} s after its first step, its peer hanging from its fifth")
+    assert seconds < 60, f"worker 0 stopped {seconds:.1f} s after its first step"
 
 
 def test_a_worker_whose_peer_never_starts_gives_up_after_peer_wait_seconds_with_one_line(small_data_dir, tmp_path):

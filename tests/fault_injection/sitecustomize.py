@@ -9,6 +9,8 @@ no clean-up, as when a machine is lost) right after its n-th
                     manifest that would make it a finished checkpoint is never written).
 When pipeline.transforms is imported (a Beam or Dask worker of pipeline.generate), before its n-th
   write_shard       shard written (a worker that dies on a shard: out of memory, say).
+In place of a signal, "hang" makes the process stop there without dying: its main thread sleeps, while TensorFlow's
+own threads go on answering the other workers' health checks.
 """
 
 import functools
@@ -17,13 +19,21 @@ import importlib.util
 import os
 import signal
 import sys
+import time
 
 FAULT = os.environ.get("FAULT_AT")
 
 
 def inject(module):
     point, count, *name = FAULT.split(":")
-    count, number = int(count), signal.Signals[name[0] if name else "SIGKILL"]
+    hang = name == ["hang"]
+    count, number = int(count), None if hang else signal.Signals[name[0] if name else "SIGKILL"]
+
+    def fault():
+        if hang:
+            time.sleep(10**6)
+        os.kill(os.getpid(), number)
+
     if (module.__name__ == "pipeline.transforms") != (point == "write_shard"):
         return  # a point of the other module
     calls = [0]
@@ -34,7 +44,7 @@ def inject(module):
             calls[0] += 1
             if calls[0] == count:
                 before_signal(*args)
-                os.kill(os.getpid(), number)
+                fault()
             return result
 
         return wrapper
@@ -46,7 +56,7 @@ def inject(module):
         def dying_process(self, plan):
             calls[0] += 1
             if calls[0] == count:
-                os.kill(os.getpid(), number)
+                fault()
             yield from process(self, plan)
 
         module.WriteShard.process = dying_process
