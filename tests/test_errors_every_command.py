@@ -290,6 +290,10 @@ BAD_INPUTS = [
      {"exit": 0, "signal": signal.SIGTERM, "after": "dispatcher up, listening on port"}),
     ("trainer.data_service", ["dispatcher", "--port=0"], "[trainer.data_service] stopped by SIGINT",
      {"exit": 0, "signal": signal.SIGINT, "after": "dispatcher up, listening on port"}),
+    # A worker waiting for its dispatcher stops as a running one does.
+    ("trainer.data_service", ["worker", "--dispatcher=localhost:{free_port}", "--dispatcher_timeout=600"],
+     "[trainer.data_service] stopped by SIGTERM",
+     {"exit": 0, "signal": signal.SIGTERM, "after": "waiting up to 600 s for the dispatcher"}),
 ]  # fmt: skip
 # What each command needs besides the case's own flags (a case's flag replaces the default one).
 DEFAULT_FLAGS = {
