@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -146,16 +147,22 @@ def generate_args(data_dir, settings=SMALL, extra=()):
     return ["-m", "pipeline.generate", f"--data_dir={data_dir}", *flags, *extra]
 
 
+# A folder in which made_once keeps what it makes for every session that names it (scripts/mutants.sh: the same
+# datasets and runs for each of its many short sessions, made by the unbroken code).
+SHARED_FIXTURES = "MOVING_LINE_SHARED_FIXTURES"
+
+
 def made_once(tmp_path_factory, worker_id: str, name: str, make) -> str:
     """make(folder) run once per test session, however many xdist workers ask (xdist's own recipe: the workers
     share their session's parent folder, and a file lock); the folder's path. Tests must not change it."""
-    if worker_id == "master":  # no xdist
+    kept = os.environ.get(SHARED_FIXTURES)
+    if worker_id == "master" and not kept:  # no xdist
         folder = tmp_path_factory.mktemp(name)
         make(folder)
         return str(folder)
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp().parent
+    shared = pathlib.Path(kept) if kept else tmp_path_factory.getbasetemp().parent
     folder, made = shared / name, shared / f"{name}.made"
     with FileLock(str(shared / f"{name}.lock")):
         if not made.exists():
