@@ -67,6 +67,7 @@ def work(small_data_dir, quick_model_dir, tmp_path_factory):
     (no_validation / SHARD.format(split="validation")).unlink()
 
     (root / "a_file").write_text("not a folder")
+    (root / "a_folder.png").mkdir()
     (root / "occupied").mkdir()
     (root / "occupied" / "notes.txt").write_text("mine")
     (root / "malformed.yaml").write_text("size: 8\nbatch_size: [32\n")
@@ -158,6 +159,7 @@ BAD_INPUTS = [
     ("pipeline.show", ["--data_dir={root}/missing", "--out={root}/x.png"], "no moving_line dataset in --data_dir"),
     ("pipeline.show", ["--data_dir={data}", "--out={root}/x.jpg"], "--out must end in .png or .gif", {"process": True}),
     ("pipeline.show", ["--data_dir={data}", "--out={root}/missing/x.png"], "does not exist; create it"),
+    ("pipeline.show", ["--data_dir={data}", "--out={root}/a_folder.png"], "--out {root}/a_folder.png is a folder"),
     ("pipeline.show", ["--data_dir={data}", "--split=dev", "--out={root}/x.png"], "--split 'dev' not in the dataset"),
     ("pipeline.show", ["--data_dir={data}", "--size=16", "--out={root}/x.png"], "no moving_line/size_16"),
     ("trainer.task", ["--config={root}/missing.yaml"], "--config {root}/missing.yaml: no such file"),

@@ -90,6 +90,7 @@ def test_show_draws_png_strips_and_gif_animations(small_data_dir, tmp_path):
     from PIL import Image
 
     png, gif = tmp_path / "strips.png", tmp_path / "moving.gif"
+    (tmp_path / "strips.png.partial.png").write_text("a file of the user's")  # named as show's drafts once were
     for out in (png, gif):
         result = run_command("-m", "pipeline.show", f"--data_dir={small_data_dir}", "--num=3", f"--out={out}")
         assert result.returncode == 0, result.stderr
@@ -98,7 +99,8 @@ def test_show_draws_png_strips_and_gif_animations(small_data_dir, tmp_path):
         assert image.width > 3 * image.height / 2  # strips of frames are wide
     with Image.open(gif) as image:
         assert image.n_frames == SMALL["size"]  # one GIF frame per video frame
-    assert sorted(os.listdir(tmp_path)) == ["moving.gif", "strips.png"]  # no leftovers
+    assert sorted(os.listdir(tmp_path)) == ["moving.gif", "strips.png", "strips.png.partial.png"]  # no leftovers
+    assert (tmp_path / "strips.png.partial.png").read_text() == "a file of the user's"
 
 
 @pytest.mark.parametrize(
