@@ -104,11 +104,16 @@ def snapshot(*roots) -> dict:
     return seen
 
 
-def still_running_in_session(session: int) -> list[str]:
+def still_running_in_session(session: int, but: int | None = None) -> list[str]:
     """The processes of a session (a command started with start_new_session=True, and whatever it started) that still
-    run: zombies have ended (where PID 1 reaps no orphans, a container's, they stay listed)."""
-    listing = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if line.split()[0] == str(session) and line.split()[1][0] != "Z"]
+    run, but the one whose pid is `but`: zombies have ended (where PID 1 reaps no orphans, a container's, they stay
+    listed)."""
+    listing = subprocess.run(["ps", "-eo", "sid=,pid=,stat=,args="], capture_output=True, text=True).stdout
+    return [
+        line
+        for line in listing.splitlines()
+        if line.split()[0] == str(session) and line.split()[2][0] != "Z" and line.split()[1] != str(but)
+    ]
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ import contextlib
 import glob
 import os
 import pathlib
+import select
 import shutil
 import signal
 import subprocess
@@ -217,15 +218,25 @@ def test_ctrl_c_or_sigterm_midway_leave_one_line_no_dataset_and_the_same_command
         os.killpg(process.pid, signal_number)  # Ctrl-C reaches the whole foreground process group
     else:
         process.send_signal(signal_number)  # a scheduler signals the command alone
-    _, stderr = process.communicate(timeout=120)
+    # The moment the command says it stopped, its Beam workers are gone already: it ended them (they run in its
+    # session), rather than leaving them to notice that it is gone.
+    said, left = [], None
+    deadline = time.monotonic() + 120
+    while left is None and time.monotonic() < deadline and select.select([process.stderr], [], [], 1)[0]:
+        said.append(process.stderr.readline())
+        if not said[-1]:
+            break
+        if said[-1].startswith("pipeline.generate: error: "):
+            left = still_running_in_session(process.pid, but=process.pid)
+    _, rest = process.communicate(timeout=120)
+    stderr = "".join(said) + rest
     assert process.returncode == 128 + signal_number, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == (
         f"pipeline.generate: error: interrupted by {signal_name}; run the same command again"
     )
-    assert sorted(os.listdir(config_folder)) == [".generate.lock"]  # no incomplete folder, no dataset
-    # No Beam worker left either: they run in the command's session (their options come through the environment,
-    # not their command line), and the command ends them before it exits.
+    assert left == [], left
     assert not still_running_in_session(process.pid)
+    assert sorted(os.listdir(config_folder)) == [".generate.lock"]  # no incomplete folder, no dataset
     again = run_command(*generate_args(tmp_path, settings), check=True)  # the lock was released
     assert "done: 40,600 examples" in again.stderr
     assert not list(config_folder.glob("incomplete.*"))

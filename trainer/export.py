@@ -65,22 +65,29 @@ def video_spec(model):
     return tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8, name=INPUT_NAME)
 
 
-def export_saved_model(model, export_dir: str, class_names: list[str], model_dir: str, step: int | None = None) -> str:
+def export_saved_model(
+    model, export_dir: str, class_names: list[str], model_dir: str, step: int | None = None, announce: str = ""
+) -> str:
     """Writes the SavedModel of model_dir's run at export_dir, replacing an older export of that run only once the
-    new one is complete; a UsageError, nothing touched, when export_dir or its partial folder holds anything else."""
+    new one is complete; a UsageError, nothing touched, when export_dir or its partial folder holds anything else.
+    announce: a line to log as the writing starts."""
     import keras
     import tensorflow as tf
 
     refuse_unless_replaceable(export_dir, model_dir)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(name=SIGNATURE, fn=serving_function(model, class_names), input_signature=[video_spec(model)])
     partial = partial_folder(export_dir)
     remove_tree(partial)  # what a killed export of this run left (refuse_unless_replaceable checked it is that)
     try:
         write_mark(partial, model_dir, step, None)  # first: a partial folder left by a kill is known as this run's
-        # A signal inside TensorFlow's writer can come out as another error: taken once the write is done.
+        # A signal inside TensorFlow's tracing or writer can come out as another error: it is taken once the SavedModel
+        # is written, and the partial folder removed.
         with cli.interrupts_deferred():
+            if announce:
+                cli.log(PROG, announce)
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            endpoint = serving_function(model, class_names)
+            archive.add_endpoint(name=SIGNATURE, fn=endpoint, input_signature=[video_spec(model)])
             archive.write_out(partial, verbose=False)
         write_mark(partial, model_dir, step, list_files(partial))
         remove_tree(export_dir)
@@ -313,10 +320,10 @@ def main(argv=None):
         step = manifest["step"]
         export_dir = args.export_dir or os.path.join(args.model_dir, f"export_step_{step:09d}")
         refuse_unless_replaceable(export_dir, args.model_dir)
-        cli.log(PROG, f"exporting the checkpoint of step {step} to {export_dir}")
         with trainer_files.disk_full_is_a_fault("free some space and run the same command again"):
             model = restore_model(folder, manifest)
-            export_saved_model(model, export_dir, list(contract.CLASS_NAMES), args.model_dir, step)
+            announce = f"exporting the checkpoint of step {step} to {export_dir}"
+            export_saved_model(model, export_dir, list(contract.CLASS_NAMES), args.model_dir, step, announce)
     finally:
         hold.release()
     epochs = manifest["epochs_done"]
