@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import io
 import os
 
@@ -18,6 +19,8 @@ RUNNER_ALIASES = {"DaskRunner": DASK_RUNNER}
 DASK_CONNECT_SECONDS = 10
 # Dask runs each partition of a Create as one task: one shard group a partition, so each is a task of its own.
 DASK_PARTITION_FLAGS = ("--dask_partition_size", "--dask_npartitions")
+# Beam takes --dry_run as text and treats any non-empty text as true ("False" included): read here as a switch.
+DRY_RUN_VALUES = {"true": True, "1": True, "false": False, "0": False}
 
 
 def flag_name(arg: str) -> str:
@@ -43,6 +46,85 @@ def with_aliases_resolved(beam_args: list[str]) -> list[str]:
             arg = RUNNER_ALIASES[arg]
         resolved.append(arg)
     return resolved
+
+
+def flag_value(beam_args: list[str], flag: str) -> str | None:
+    """The value given to flag (--flag=VALUE or --flag VALUE), the last one if given twice."""
+    value = None
+    for index, arg in enumerate(beam_args):
+        if arg.startswith(f"{flag}="):
+            value = arg.split("=", 1)[1]
+        elif arg == flag and index + 1 < len(beam_args):
+            value = beam_args[index + 1]
+    return value
+
+
+def check_runner(beam_args: list[str]):
+    """A UsageError for a --runner that Beam does not know (before anything is written: Beam would fail only once
+    the build has started), naming the closest known one."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    name = runner_flag(beam_args)
+    if name is None:
+        return
+    if "." in name:  # a runner class by its dotted name, as Beam takes it
+        module, _, attribute = name.rpartition(".")
+        try:
+            found = hasattr(importlib.import_module(module), attribute)
+        except ImportError:
+            found = False
+        if not found:
+            raise cli.UsageError(f"--runner {name}: no such runner class; give a Beam runner's name, e.g. DirectRunner")
+        return
+    known = [*StandardOptions.KNOWN_RUNNER_NAMES, *RUNNER_ALIASES]
+    # Beam's own leniency: any case, and "Direct" for "DirectRunner".
+    if {name.lower(), name.lower() + "runner"} & {runner.lower() for runner in known}:
+        if name.lower().removesuffix("runner") == "portable" and flag_value(beam_args, "--job_endpoint") is None:
+            raise cli.UsageError("--runner=PortableRunner needs --job_endpoint (the address of a running job service)")
+        return
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; Beam's runners: {', '.join(sorted(known))}"
+    raise cli.UsageError(f"--runner {name} is not a Beam runner{hint}")
+
+
+def check_dry_run(beam_args: list[str]):
+    value = flag_value(beam_args, "--dry_run")
+    if value is not None and value.lower() not in DRY_RUN_VALUES:
+        raise cli.UsageError(f"--dry_run takes True or False, got {value!r}")
+
+
+def without_false_dry_run(beam_args: list[str]) -> list[str]:
+    """beam_args less a --dry_run that says false (which Beam, taking it as text, would count as true)."""
+    value = flag_value(beam_args, "--dry_run")
+    if value is None or DRY_RUN_VALUES[value.lower()]:
+        return beam_args
+    kept, skip = [], False
+    for arg in beam_args:
+        if skip:
+            skip = False
+        elif arg == "--dry_run":
+            skip = True
+        elif not arg.startswith("--dry_run="):
+            kept.append(arg)
+    return kept
+
+
+def check_runner_binary(options):
+    """A UsageError, before anything is written, when the runner needs a program it cannot get: Beam's Prism runner
+    downloads its binary from GitHub on first use (the download, or the binary it found, is made ready here)."""
+    if runner_name(options) not in ("PrismRunner", "apache_beam.runners.portability.prism_runner.PrismRunner"):
+        return
+    from apache_beam.runners.portability import prism_runner
+
+    try:
+        server = prism_runner.PrismJobServer(options)
+        server.local_bin(server.path_to_binary())  # what the runner would do once the build has started
+    except (RuntimeError, ValueError, OSError) as error:
+        problem = " ".join(str(error).split())[:300]
+        raise cli.UsageError(
+            f"--runner=PrismRunner needs Beam's Prism binary, which it could not get ({problem}); drop --runner to "
+            "build on Beam's FnApiRunner, which needs no download, or give --prism_location a local copy"
+        ) from None
 
 
 def uses_dask(beam_args: list[str]) -> bool:
@@ -91,6 +173,8 @@ def beam_flags() -> list[str]:
 def check_beam_args(beam_args: list[str], own_flags: list[str]):
     """Refuses anything that is neither one of our flags nor a Beam pipeline option, suggesting the closest."""
     register_dask_options(beam_args)
+    check_runner(beam_args)
+    check_dry_run(beam_args)
     options, known = parse_beam_options(beam_args)
     everything = options.get_all_options(retain_unknown_options=True)
     unknown = set(everything) - set(known)
@@ -110,7 +194,7 @@ def check_beam_args(beam_args: list[str], own_flags: list[str]):
 def make_options(beam_args: list[str]):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    beam_args = with_aliases_resolved(beam_args)
+    beam_args = without_false_dry_run(with_aliases_resolved(beam_args))
     if runner_flag(beam_args) is None:
         # FnApiRunner: Beam's local runner without the Prism download attempt, one worker process per core.
         beam_args = [
@@ -136,7 +220,7 @@ def is_dry_run(options) -> bool:
     """--dry_run=True: plan (and for Dataflow, build the whole job) without writing anything."""
     from apache_beam.options.pipeline_options import TestOptions
 
-    return str(options.view_as(TestOptions).dry_run).lower() in {"true", "1"}
+    return DRY_RUN_VALUES.get(str(options.view_as(TestOptions).dry_run).lower(), False)
 
 
 def local_workers(options) -> int | None:
@@ -193,9 +277,26 @@ def local_dask_cluster(beam_args: list[str], options, workers: int):
 
     Started and closed here rather than by Beam's DaskRunner, which would leave it open when the command ends.
     Its workers report a failing task to the command, which raises it; their own logs would only add noise."""
-    if not is_dask(options) or dask_address(options):
+    if not is_dask(options):
         yield options
         return
+    import logging
+
+    # The client logs each failed attempt to reach a lost scheduler or worker; the command's last line says what
+    # became of the job.
+    client_logger = logging.getLogger("distributed.client")
+    level = client_logger.level
+    client_logger.setLevel(logging.CRITICAL)
+    try:
+        if dask_address(options):
+            yield options
+            return
+        yield from _local_cluster(beam_args, workers)
+    finally:
+        client_logger.setLevel(level)
+
+
+def _local_cluster(beam_args: list[str], workers: int):
     import logging
 
     from dask import distributed

@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 
 USAGE_ERROR_EXIT = 2
 FAULT_EXIT = 1
@@ -122,9 +123,68 @@ def fail(prog: str, message: str, exit_code: int = USAGE_ERROR_EXIT):
     sys.exit(exit_code)
 
 
+# How long a command may take to stop after SIGTERM or Ctrl-C before it is ended without its own clean-up: within the
+# 30 s Kubernetes waits before it kills, with room for the slowest clean-up (a batch finished, workers ended).
+STUCK_SECONDS = 20.0
+
+
+@contextlib.contextmanager
+def stuck_waits_end(prog: str):
+    """Ends the process in one line when a stop signal has not ended it within STUCK_SECONDS.
+
+    Python runs a signal handler (raise_interrupted) only when the main thread runs Python: a main thread blocked
+    inside a library (TensorFlow waiting on a server or an object store that does not answer) would never see it.
+    The C handler also writes each signal to Python's wakeup file descriptor, whatever the main thread does: a
+    thread reads it here. A part of a command that handles signals its own way (trainer.preemption, the Beam
+    workers' watcher in pipeline.local_runner) sets its own descriptor meanwhile and restores this one after.
+    """
+    try:
+        read, write = os.pipe()
+    except OSError:
+        yield
+        return
+    os.set_blocking(write, False)
+    try:
+        previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread (a command's main called from a thread): nothing to watch
+        os.close(read)
+        os.close(write)
+        yield
+        return
+    done = threading.Event()
+
+    def watch():
+        with contextlib.suppress(OSError):
+            while numbers := os.read(read, 64):
+                number = next((number for number in numbers if number in (signal.SIGTERM, signal.SIGINT)), None)
+                if number is not None and not done.wait(STUCK_SECONDS):
+                    print(
+                        f"{prog}: error: interrupted by {signal.Signals(number).name}, which it did not take within "
+                        f"{STUCK_SECONDS:g} s (a wait inside a library); run the same command again",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    os._exit(interrupted_exit(number))
+        os.close(read)
+
+    threading.Thread(target=watch, name="stuck-wait-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(previous)
+        os.close(write)  # the watcher reads end-of-file and ends
+
+
 def run_main(prog: str, main, argv=None):
     """Runs main(argv); a UsageError, FaultError, full disk, Ctrl-C or SIGTERM becomes one line and its exit code."""
     install_interrupt_handlers()
+    with stuck_waits_end(prog):
+        return _run(prog, main, argv)
+
+
+def _run(prog: str, main, argv):
     try:
         return main(argv)
     except UsageError as error:
@@ -147,6 +207,24 @@ def run_main(prog: str, main, argv=None):
     except Interrupted as interrupt:
         name = signal.Signals(interrupt.signal_number).name
         fail(prog, f"interrupted by {name}; run the same command again", interrupted_exit(interrupt.signal_number))
+
+
+def check_reachable(path: str | None, flag: str):
+    """A UsageError when path lies on an object store (gs://...) that cannot be reached (no network, no credentials,
+    a bucket this account may not read), found before anything is written: TensorFlow's file systems report it with
+    a traceback, wherever a library first touches the path. A local path: nothing to check."""
+    if not path or "://" not in path:
+        return
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.exists(path)
+    except tf.errors.OpError as error:
+        reason = " ".join(error.message.split()).split(" when ")[0][:300]
+        raise UsageError(
+            f"{flag} {path} cannot be reached ({reason}); check the address, the network and the credentials"
+        ) from None
 
 
 def exit_at_once(code: int):

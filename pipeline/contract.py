@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from pipeline import cli
 
@@ -83,6 +84,22 @@ def temporary_file_name(name: str, token: str) -> str:
 
 def is_temporary(name: str) -> bool:
     return name.startswith(".") and TEMPORARY_MARK in name
+
+
+# What a build writes into its version folder: the metadata, the label names, the shards, the shards being
+# written (is_temporary, and TFDS's own incomplete.<32 hex>.NAME files) and the builder's notes of the shards
+# written (moving_line_dataset_builder.WRITTEN_SHARDS_FOLDER). pipeline.generate deletes no folder holding more.
+BUILD_FILE = re.compile(
+    r"dataset_info\.json|features\.json|metadata\.json|\w+\.labels\.txt|written-shards"
+    rf"|{NAME}-\w+\.({'|'.join(FILE_FORMATS)})-\d{{5,}}-of-\d{{5,}}|incomplete\.[0-9a-f]{{32}}\..+"
+)
+# The folders a build works in beside its version folder, deleted when a killed build left them: TFDS's
+# (incomplete.<6 letters or digits>_<version>) and pipeline.generate's own (incomplete.downloads-*, .progress-*).
+INCOMPLETE_FOLDER = re.compile(r"incomplete\.([A-Z0-9]{6}_\d+\.\d+\.\d+|downloads-\w+|progress-\w+)")
+
+
+def is_build_file(name: str) -> bool:
+    return bool(BUILD_FILE.fullmatch(name)) or is_temporary(name)
 
 
 class DamagedDatasetError(cli.FaultError):

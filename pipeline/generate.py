@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import glob
 import io
 import logging
 import os
@@ -199,9 +198,11 @@ def exclusive_build(config_folder: str):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise cli.UsageError(f"another pipeline.generate is writing {config_folder}; wait for it to end") from None
-        for stale in glob.glob(os.path.join(config_folder, "incomplete.*")):
-            cli.log(PROG, f"removing {stale}, left by an interrupted run")
-            shutil.rmtree(stale)
+        for name in sorted(os.listdir(config_folder)):
+            if contract.INCOMPLETE_FOLDER.fullmatch(name):
+                stale = os.path.join(config_folder, name)
+                cli.log(PROG, f"removing {stale}, left by an interrupted run")
+                shutil.rmtree(stale)
         yield
 
 
@@ -254,6 +255,15 @@ def is_no_space(error: BaseException) -> bool:
     return "No space left on device" in text or "[Errno 28]" in text
 
 
+def runner_could_not_start(error: BaseException) -> bool:
+    """Beam's portable runners failing before the job starts: a job server they cannot download (Flink's, Spark's
+    jars, with no network), or no --job_endpoint for PortableRunner."""
+    text = str(error)
+    return (isinstance(error, RuntimeError) and text.startswith("Unable to fetch remote")) or (
+        isinstance(error, NotImplementedError) and "--job_endpoint" in text
+    )
+
+
 def cluster_failure(error: BaseException) -> bool:
     """A fault of a Dask cluster rather than of the job: workers that kept dying on a task, a scheduler gone."""
     return type(error).__module__.split(".")[0] == "distributed" or isinstance(error, (OSError, TimeoutError))
@@ -273,7 +283,6 @@ def main(argv=None):
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL + 1)
     options = beam_options.make_options(beam_args)
     dry_run = beam_options.is_dry_run(options)
-    check_data_dir(args.data_dir, create=False)
     runner_name = beam_options.runner_name(options).rsplit(".", 1)[-1]
     dask = beam_options.is_dask(options)
 
@@ -288,6 +297,14 @@ def main(argv=None):
             f"--num_shards {args.num_shards} is more than the {counts[split]:,} {split} examples; "
             f"give at most {counts[split]:,} (every shard holds at least one example)"
         )
+    folder = contract.dataset_folder(args.data_dir, args.size)
+    remote = "://" in args.data_dir
+    if not dry_run:  # a dry run needs no network
+        cli.check_reachable(args.data_dir, "--data_dir")
+    # A finished build is a no-op wherever it lies (a read-only mount too): looked for before anything else.
+    if not (dry_run and remote) and existing_build(folder, wanted, args) == "built":
+        return 0
+    check_data_dir(args.data_dir, create=False)
 
     import tensorflow_datasets as tfds
 
@@ -306,22 +323,19 @@ def main(argv=None):
         for split, count in counts.items()
     }
     needed = estimate_bytes(counts, bytes_per_example, args.file_format)
-    folder = contract.dataset_folder(args.data_dir, args.size)
-    remote = "://" in args.data_dir
-
-    if not (dry_run and remote) and existing_build(folder, wanted, args) == "built":
-        return 0
-    check_free_space(args.data_dir, needed)
+    # The shard limit first: no disk makes room for a build TFDS cannot list.
     for split, shards in num_shards.items():
         if shards > MAX_SHARDS_PER_SPLIT:
             raise cli.UsageError(
                 f"{counts[split]:,} {split} examples would take {shards:,} shards, more than the "
                 f"{MAX_SHARDS_PER_SPLIT:,} TFDS's metadata can list; ask for fewer examples or set --num_shards"
             )
+    check_free_space(args.data_dir, needed)
 
     if dry_run:
         return dry_run_job(args, options, runner_name, counts, num_shards, needed, folder, remote)
 
+    beam_options.check_runner_binary(options)
     check_data_dir(args.data_dir, create=True)
     config = contract.config_name(args.size)
     predefined = {config.name for config in dataset_builder.Builder.BUILDER_CONFIGS}
@@ -377,13 +391,21 @@ def main(argv=None):
                 f"no space left on the device writing {folder}; nothing was kept: free some space and run the "
                 "same command again"
             ) from None
-        if dask and cluster_failure(error):
+        if runner_could_not_start(error):
+            problem = " ".join(str(error).split())[:300]
+            raise cli.UsageError(
+                f"{runner_name} could not start ({problem}); nothing was kept: give it what it asks for, or drop "
+                "--runner to build on Beam's FnApiRunner"
+            ) from None
+        if dask and (cluster_failure(error) or isinstance(error, dataset_builder.ShardsMissingError)):
             problem = " ".join(str(error).split())[:300] or type(error).__name__
             raise cli.FaultError(
                 f"the Dask cluster at {beam_options.dask_address(options) or 'localhost'} could not finish the job "
                 f"({type(error).__name__}: {problem}); nothing was kept: check its workers and run the same command "
                 "again"
             ) from None
+        if isinstance(error, dataset_builder.ShardsMissingError):
+            raise cli.FaultError(f"{runner_name} {error}; nothing was kept: run the same command again") from None
         raise
     finally:
         if progress_folder:
@@ -402,6 +424,13 @@ def existing_build(folder: str, wanted: dict, args) -> str | None:
     except contract.DamagedDatasetError as damage:
         if read_settings(folder) != wanted or "://" in folder:
             raise
+        check_data_dir(args.data_dir, create=False)  # a rebuild writes: a read-only folder is refused as before
+        others = sorted(name for name in os.listdir(folder) if not contract.is_build_file(name))
+        if others:  # rebuilding deletes the folder: only when it holds nothing but a build's files
+            raise cli.UsageError(
+                f"{str(damage).split(';')[0]}, and it holds {others[0]}, which no build writes; move that away and "
+                "run the same command again to rebuild it, or delete the folder yourself"
+            ) from None
         cli.log(PROG, f"{str(damage).split(';')[0]}; rebuilding it with the same settings")
         with exclusive_build(os.path.dirname(folder)):
             shutil.rmtree(folder)

@@ -8,9 +8,11 @@ tutorial's plot did; a GIF animates the sequences side by side.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import tempfile
 
 import numpy as np
 
@@ -54,6 +56,8 @@ def parse_args(argv=None):
     extension = os.path.splitext(args.out)[1].lower()
     if extension not in FORMATS:
         raise cli.UsageError(f"--out must end in .png or .gif, got {args.out!r}")
+    if os.path.isdir(args.out):
+        raise cli.UsageError(f"--out {args.out} is a folder; give the name of the image to write")
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise cli.UsageError(f"--out folder {folder} does not exist; create it or choose another path")
@@ -90,13 +94,20 @@ def find_dataset(data_dir: str, size: int | None) -> str:
     return folder
 
 
-def load_sequences(dataset_folder: str, split: str, num: int):
-    """The first `num` (video [T,S,S], label) of a split, read with TFDS."""
+def open_split(dataset_folder: str, split: str):
+    """The TFDS builder of the dataset, once split is known to be one of its splits."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder_from_directory(dataset_folder)
     if split not in builder.info.splits:
         raise cli.UsageError(f"--split {split!r} not in the dataset; choose from {', '.join(builder.info.splits)}")
+    return builder
+
+
+def load_sequences(builder, split: str, num: int):
+    """The first `num` (video [T,S,S], label) of a split, read with TFDS."""
+    import tensorflow_datasets as tfds
+
     if builder.info.file_format.value in contract.RANDOM_ACCESS_FORMATS:  # built without TFRecord files
         source = builder.as_data_source(split=split)
         examples = [source[index] for index in range(min(num, len(source)))]
@@ -234,13 +245,28 @@ def main(argv=None):
     args = parse_args(argv)
     cli.quiet_tensorflow()
     folder = find_dataset(args.data_dir, args.size)
-    cli.log(PROG, f"reading {args.num} {args.split} sequences from {folder}")
-    sequences = load_sequences(folder, args.split, args.num)
-    if not sequences:
+    builder = open_split(folder, args.split)
+    held = builder.info.splits[args.split].num_examples
+    if not held:
         raise cli.UsageError(f"split {args.split!r} is empty")
-    partial = f"{args.out}.partial{os.path.splitext(args.out)[1]}"
-    (draw_gif if args.out.lower().endswith(".gif") else draw_png)(sequences, partial)
-    os.replace(partial, args.out)  # never leave a half-drawn file under the asked-for name
+    count = min(args.num, held)
+    whole = f" (all it holds: --num {args.num} is more)" if args.num > held else ""
+    cli.log(PROG, f"reading {count} {args.split} sequences{whole} from {folder}")
+    sequences = load_sequences(builder, args.split, count)
+    # Drawn under a name of its own (made here, so never a file of the user's), then renamed: never a half-drawn
+    # file under the asked-for name.
+    descriptor, partial = tempfile.mkstemp(
+        prefix=f".{os.path.basename(args.out)}.", suffix=f".partial{os.path.splitext(args.out)[1]}",
+        dir=os.path.dirname(os.path.abspath(args.out)),
+    )  # fmt: skip
+    os.close(descriptor)
+    try:
+        (draw_gif if args.out.lower().endswith(".gif") else draw_png)(sequences, partial)
+        os.replace(partial, args.out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise
     cli.log(PROG, f"drew {len(sequences)} {args.split} sequences ({labels_in_brief(sequences)}) -> {args.out}")
     return 0
 

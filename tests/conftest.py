@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -103,6 +104,18 @@ def snapshot(*roots) -> dict:
     return seen
 
 
+def still_running_in_session(session: int, but: int | None = None) -> list[str]:
+    """The processes of a session (a command started with start_new_session=True, and whatever it started) that still
+    run, but the one whose pid is `but`: zombies have ended (where PID 1 reaps no orphans, a container's, they stay
+    listed)."""
+    listing = subprocess.run(["ps", "-eo", "sid=,pid=,stat=,args="], capture_output=True, text=True).stdout
+    return [
+        line
+        for line in listing.splitlines()
+        if line.split()[0] == str(session) and line.split()[2][0] != "Z" and line.split()[1] != str(but)
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
@@ -139,16 +152,22 @@ def generate_args(data_dir, settings=SMALL, extra=()):
     return ["-m", "pipeline.generate", f"--data_dir={data_dir}", *flags, *extra]
 
 
+# A folder in which made_once keeps what it makes for every session that names it (scripts/mutants.sh: the same
+# datasets and runs for each of its many short sessions, made by the unbroken code).
+SHARED_FIXTURES = "MOVING_LINE_SHARED_FIXTURES"
+
+
 def made_once(tmp_path_factory, worker_id: str, name: str, make) -> str:
     """make(folder) run once per test session, however many xdist workers ask (xdist's own recipe: the workers
     share their session's parent folder, and a file lock); the folder's path. Tests must not change it."""
-    if worker_id == "master":  # no xdist
+    kept = os.environ.get(SHARED_FIXTURES)
+    if worker_id == "master" and not kept:  # no xdist
         folder = tmp_path_factory.mktemp(name)
         make(folder)
         return str(folder)
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp().parent
+    shared = pathlib.Path(kept) if kept else tmp_path_factory.getbasetemp().parent
     folder, made = shared / name, shared / f"{name}.made"
     with FileLock(str(shared / f"{name}.lock")):
         if not made.exists():
@@ -164,6 +183,17 @@ def small_data_dir(tmp_path_factory, worker_id):
     """A TFDS data_dir holding moving_line/size_8 (SMALL), built on the FnApiRunner with 2 processes."""
     return made_once(tmp_path_factory, worker_id, "small_data",
                      lambda folder: run_command(*generate_args(folder), check=True))  # fmt: skip
+
+
+# A build of a few examples: splits smaller than a command may ask for, damage that is quick to rebuild.
+TINY = {"size": 8, "num_train": 40, "num_validation": 8, "num_test": 8, "seed": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_built_data_dir(tmp_path_factory, worker_id):
+    """A TFDS data_dir holding moving_line/size_8 built with TINY: copy it to change it."""
+    return made_once(tmp_path_factory, worker_id, "tiny_data",
+                     lambda folder: run_command(*generate_args(folder, TINY), check=True))  # fmt: skip
 
 
 @pytest.fixture(scope="session")

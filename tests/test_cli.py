@@ -146,3 +146,40 @@ def test_a_signal_whose_exception_python_dropped_still_stops_the_command_at_the_
     assert result.stdout.splitlines() == ["went on"]
     assert result.returncode == 128 + getattr(signal, name), result.stderr
     assert result.stderr.splitlines() == [f"demo: error: interrupted by {name}; run the same command again"]
+
+
+# A command whose main thread waits inside a library call that never returns (TensorFlow dequeuing from an empty
+# queue, as it waits on a server or an object store that does not answer): Python's signal handler never runs there.
+STUCK_COMMAND = """
+import sys
+from pipeline import cli
+cli.STUCK_SECONDS = 3  # 20 s in the commands; shorter here, the mechanism is the same
+
+def main(argv):
+    import tensorflow as tf
+    queue = tf.queue.FIFOQueue(1, tf.int32)
+    print("waiting", flush=True)
+    queue.dequeue()
+
+sys.exit(cli.run_main("demo", main, []))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_command_stuck_inside_a_library_call_still_ends_on_a_stop_signal_in_one_line(number):
+    from conftest import ended_within
+
+    stuck = subprocess.Popen([sys.executable, "-c", STUCK_COMMAND], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert stuck.stdout.readline() == "waiting\n", stuck.stderr.read()
+        stuck.send_signal(number)
+        assert ended_within(stuck, 30, "a command stuck inside a library call") == 128 + number
+        assert stuck.stderr.read().strip().splitlines()[-1] == (
+            f"demo: error: interrupted by {signal.Signals(number).name}, which it did not take within 3 s (a wait "
+            "inside a library); run the same command again"
+        )
+    finally:
+        stuck.kill()
+        stuck.wait()

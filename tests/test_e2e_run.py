@@ -3,6 +3,7 @@ own lines, only its own folder written."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -21,6 +22,25 @@ pytestmark = pytest.mark.slow
 COMMANDS = ("run_default.sh", "pipeline.generate", "trainer.task", "trainer.evaluate", "trainer.predict")
 
 
+# What the libraries themselves write into HOME, once per machine (README.md says so): Keras its configuration file
+# (when there is none), matplotlib its font cache and its configuration folder. Nothing else may appear there.
+LIBRARY_FILES_IN_HOME = [".cache", ".cache/matplotlib", ".cache/matplotlib/fontlist-v*.json", ".config",
+                         ".config/matplotlib", ".keras", ".keras/keras.json"]  # fmt: skip
+
+
+def repository_files() -> dict:
+    """Every file of the repository (size and modification time), less what Python, git and the tools keep there."""
+    kept = (".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache")
+    seen = {}
+    for folder, folders, names in os.walk(REPO):
+        folders[:] = [name for name in folders if name not in kept and not name.endswith(".egg-info")]
+        for name in names:
+            if not name.startswith(".coverage"):
+                status = os.lstat(os.path.join(folder, name))
+                seen[os.path.join(folder, name)] = (status.st_size, status.st_mtime_ns)
+    return seen
+
+
 PREDICTION = re.compile(r"^(Expected: (Left|Right), )?Predicted: (Left|Right)  \(probability of right [\d.]+\)$")
 
 
@@ -33,13 +53,22 @@ def test_a_whole_run_prints_only_the_commands_own_lines_and_writes_only_into_its
     from trainer import evaluate
 
     work = tmp_path / "a run"  # a space: the script must keep it one folder
+    home, temporary = tmp_path / "home", tmp_path / "tmp"  # where else a program writes: watched too
+    home.mkdir()
+    temporary.mkdir()
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
-    env.update(PYTHON=sys.executable, CONFIG="configs/smoke.yaml")
+    env.update(PYTHON=sys.executable, CONFIG="configs/smoke.yaml", HOME=str(home), TMPDIR=str(temporary))
+    repository = repository_files()
     result = subprocess.run(["bash", "scripts/run_default.sh", str(work)], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]
-    assert sorted(os.listdir(tmp_path)) == ["a run"]
+    assert sorted(os.listdir(tmp_path)) == ["a run", "home", "tmp"]
     assert sorted(os.listdir(work)) == [".moving-line-work", "data", "model"]
+    in_home = sorted(str(path.relative_to(home)) for path in home.rglob("*"))
+    assert len(in_home) == len(LIBRARY_FILES_IN_HOME), in_home
+    assert all(map(fnmatch.fnmatch, in_home, LIBRARY_FILES_IN_HOME)), in_home
+    assert os.listdir(temporary) == []
+    assert repository_files() == repository
 
     metrics = json.loads((work / "model" / "metrics.json").read_text())
     results = set(evaluate.describe(metrics))

@@ -179,7 +179,8 @@ def test_export_writes_a_runs_last_checkpoint_as_the_saved_model_the_run_exporte
                          env=mirrored_run["env"])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [
-        f"[trainer.export] exported the checkpoint of step 60 (3 epochs done) to {exported}"
+        f"[trainer.export] exporting the checkpoint of step 60 to {exported}",
+        f"[trainer.export] exported the checkpoint of step 60 (3 epochs done) to {exported}",
     ]
     np.save(tmp_path / "videos.npy", generator.generate(21, "test", 0, 32, SMALL["size"])["video"])
     compared = run_command(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_command
+from conftest import QUICK_TRAIN, run_command, run_in_process, snapshot
 
 from pipeline import generator
 from trainer import export
@@ -36,11 +39,14 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A size-8 model trained for a moment (so that it tells the classes apart), exported both ways."""
+    import keras
+
     folder = tmp_path_factory.mktemp("export")
+    keras.utils.set_random_seed(0)  # the same model every time: one that tells the classes apart
     keras_model = model_lib.compile_model(model_lib.build_model(SIZE), learning_rate=0.01)
     train = generator.generate(0, "train", 0, 512, SIZE)
     keras_model.fit(train["video"], train["label"], batch_size=32, epochs=2, verbose=0)
-    export_dir = export.export_saved_model(keras_model, str(folder / "export"), ["left", "right"])
+    export_dir = export.export_saved_model(keras_model, str(folder / "export"), ["left", "right"], str(folder))
     keras_path = export.save_keras(keras_model, str(folder / "model.keras"))
     videos = generator.generate(11, "test", 0, 16, SIZE)["video"]
     np.save(folder / "videos.npy", videos)
@@ -66,6 +72,31 @@ def test_the_saved_model_loads_without_this_package_and_predicts_what_keras_pred
     assert 0.05 < np.mean(expected > 0.5) < 0.95, "the model should predict both classes"
     np.testing.assert_allclose(loaded["probability_right"], expected, atol=1e-6)
     assert loaded["class_name"] == ["right" if p > 0.5 else "left" for p in expected]
+
+
+def test_predict_prints_for_each_video_the_saved_models_probability_and_class(exported, tmp_path, capfd):
+    """trainer.predict's lines come from the model: each line's probability is the SavedModel's for that video, its
+    class follows the probability, and a model that learnt the task predicts what is expected on most lines."""
+    made = generator.generate(12, "test", 0, 64, SIZE)
+    np.savez(tmp_path / "videos.npz", video=made["video"], label=made["label"])
+    arguments = [f"--model={exported['export_dir']}", f"--input={tmp_path / 'videos.npz'}"]
+    result = run_in_process("trainer.predict", arguments, capfd)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    serve = tf.saved_model.load(exported["export_dir"]).signatures["serving_default"]
+    expected = serve(video=tf.constant(made["video"]))["probability_right"].numpy()
+    printed = []
+    for line, label, probability in zip(lines, made["label"], expected, strict=True):
+        found = re.fullmatch(
+            r"Expected: (Left|Right), Predicted: (Left|Right)  \(probability of right ([\d.]+)\)", line
+        )
+        assert found, line
+        assert found.group(1) == ("Left", "Right")[label]
+        assert found.group(2) == ("Right" if probability > 0.5 else "Left"), line
+        assert float(found.group(3)) == pytest.approx(probability, abs=5e-5), line
+        printed.append(found.group(1) == found.group(2))
+    assert np.mean(printed) >= 0.8, f"{np.mean(printed):.0%} of the predictions are what is expected"
+    assert f"[trainer.predict] {sum(printed)}/64 correct" in result.stderr
 
 
 def test_the_serving_function_eagerly_and_in_a_dataset_map(exported):
@@ -126,7 +157,7 @@ def test_the_time_distributed_form_holds_build_models_weights_in_the_same_order(
 
 def test_exporting_again_replaces_the_export_and_leaves_no_partial_folder(exported):
     folder = exported["folder"]
-    export.export_saved_model(exported["model"], str(folder / "export"), ["left", "right"])
+    export.export_saved_model(exported["model"], str(folder / "export"), ["left", "right"], str(folder))
     export.save_keras(exported["model"], str(folder / "model.keras"))
     assert sorted(path.name for path in folder.iterdir()) == ["export", "model.keras", "videos.npy"]
 
@@ -201,3 +232,61 @@ def test_a_keras_file_holding_python_code_is_refused(tmp_path):
     model.save(tmp_path / "lambda.keras")
     with pytest.raises(ValueError, match="safe_mode"):
         export.load_keras(str(tmp_path / "lambda.keras"))
+
+
+def marked(folder) -> dict:
+    return json.loads((folder / export.MARK).read_text())
+
+
+@pytest.mark.slow
+def test_an_export_replaces_an_earlier_export_of_its_run_and_nothing_else(quick_model_dir, tmp_path, capfd):
+    model, other = tmp_path / "model", tmp_path / "other"
+    shutil.copytree(quick_model_dir, model)
+    shutil.copytree(quick_model_dir, other)
+    target = tmp_path / "exported"
+    command = [f"--model_dir={model}", f"--export_dir={target}"]
+    assert run_in_process("trainer.export", command, capfd).returncode == 0
+    assert marked(target)["model_dir"] == str(model.resolve()) and "saved_model.pb" in marked(target)["files"]
+    # What an export killed midway leaves (SavedModel files and the mark, no list of files yet) is replaced too.
+    shutil.copytree(target, tmp_path / "exported.partial")
+    (tmp_path / "exported.partial" / export.MARK).write_text(json.dumps({**marked(target), "files": None}))
+    again = run_in_process("trainer.export", command, capfd)
+    assert again.returncode == 0, again.stderr
+    assert sorted(os.listdir(tmp_path)) == ["exported", "model", "other"]
+
+    # A file of the user's inside the export, the export of another run, a partial folder that is not one.
+    (target / "variables" / "notes.txt").write_text("mine")
+    (tmp_path / "fresh.partial").mkdir()
+    (tmp_path / "fresh.partial" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    for arguments, message in [
+        (command, f"--export_dir {target} holds variables/notes.txt, which no export of this run wrote"),
+        ([f"--model_dir={other}", f"--export_dir={target}"],
+         f"--export_dir {target} holds the export of another --model_dir ({model.resolve()})"),
+        ([f"--model_dir={model}", f"--export_dir={tmp_path / 'fresh'}"],
+         f"--export_dir {tmp_path / 'fresh.partial'} holds notes.txt, which"),
+    ]:  # fmt: skip
+        refused = run_in_process("trainer.export", arguments, capfd)
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+            f"trainer.export: error: {refused.stderr.split('error: ', 1)[1].strip()}"
+        ], refused.stderr
+        assert message in refused.stderr, refused.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_a_run_whose_export_folder_holds_a_users_file_is_refused_before_it_trains(
+    quick_model_dir, small_data_dir, tmp_path, capfd
+):
+    model = tmp_path / "model"
+    shutil.copytree(quick_model_dir, model, ignore=shutil.ignore_patterns("export"))
+    (model / "export").mkdir()
+    (model / "export" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    refused = run_in_process("trainer.task", [*QUICK_TRAIN, f"--data_dir={small_data_dir}", f"--model_dir={model}"],
+                             capfd)  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip() == (
+        f"trainer.task: error: {model / 'export'} holds notes.txt, which no export of this run wrote; the run ends by "
+        "writing its SavedModel there: move those files away, or give another --model_dir"
+    )
+    assert snapshot(tmp_path) == before

@@ -7,6 +7,7 @@ import contextlib
 import glob
 import os
 import pathlib
+import select
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,18 @@ import time
 
 import pytest
 from built_data import VERSION, assert_one_line_error, dataset_folder, expected_digests, read_without_project
-from conftest import REPO, generate_args, last_error_line, made_once, run_command, run_in_process, snapshot
+from conftest import (
+    REPO,
+    TINY,
+    generate_args,
+    last_error_line,
+    mount_tmpfs,
+    run_command,
+    run_in_process,
+    snapshot,
+    still_running_in_session,
+    unmount,
+)
 
 from pipeline import contract
 
@@ -79,16 +91,10 @@ READERS = {
 }
 
 
-TINY = {"size": 8, "num_train": 40, "num_validation": 8, "num_test": 8, "seed": 1}
-
-
 @pytest.fixture
-def tiny_data_dir(tmp_path_factory, worker_id, tmp_path):
+def tiny_data_dir(tiny_built_data_dir, tmp_path):
     """A copy, for this test to damage, of a tiny build made once."""
-    built = made_once(
-        tmp_path_factory, worker_id, "tiny_data", lambda folder: run_command(*generate_args(folder, TINY), check=True)
-    )
-    shutil.copytree(built, tmp_path / "data")
+    shutil.copytree(tiny_built_data_dir, tmp_path / "data")
     return tmp_path / "data", TINY
 
 
@@ -109,11 +115,60 @@ def test_a_damaged_build_is_refused_by_readers_and_rebuilt_by_generate(tiny_data
     # Other settings: the damage is reported, nothing is touched.
     other = run_in_process("pipeline.generate", generate_args(data_dir, {**settings, "num_train": 41})[2:], capfd)
     assert_one_line_error(other, "pipeline.generate", 1, "is damaged", "rebuild it")
+    # A folder of the user's beside the build, named like the ones a killed build leaves, is no build's.
+    mine = pathlib.Path(folder).parent / "incomplete.mine"
+    mine.mkdir()
     again = run_command(*generate_args(data_dir, settings), check=True)
     if damage != "metadata unreadable":
         assert "rebuilding it with the same settings" in again.stderr
     read = read_without_project(data_dir, "moving_line/size_8", 8)
     assert read["load"] == expected_digests(settings)
+    assert mine.is_dir()
+
+
+def test_a_runner_whose_job_server_cannot_be_fetched_is_one_line_exit_2_and_leaves_no_dataset(tmp_path):
+    jar = "https://repo.maven.apache.org/maven2/org/apache/beam/no-such-job-server.jar"  # offline or not: not fetched
+    result = run_command(*generate_args(tmp_path, TINY, ["--runner=FlinkRunner", f"--flink_job_server_jar={jar}"]))
+    assert_one_line_error(result, "pipeline.generate", 2, "FlinkRunner could not start (Unable to fetch remote job "
+                          f"server jar at {jar}", "drop --runner to build on Beam's FnApiRunner")  # fmt: skip
+    assert os.listdir(tmp_path / "moving_line" / "size_8") == [".generate.lock"]  # as an interrupted run leaves it
+
+
+def test_a_finished_build_on_a_read_only_mount_is_a_no_op_and_a_damaged_one_is_refused(tiny_data_dir, tmp_path, capfd):
+    data_dir, settings = tiny_data_dir
+    mount = tmp_path / "read_only"
+    why_not = mount_tmpfs(mount, "8m")
+    if why_not:
+        pytest.skip(why_not)
+    try:
+        shutil.copytree(data_dir, mount / "built")
+        shutil.copytree(data_dir, mount / "damaged")
+        os.truncate(shard(dataset_folder(mount / "damaged", 8), "train"), 100)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        before = snapshot(mount)
+        built = run_in_process("pipeline.generate", generate_args(mount / "built", settings)[2:], capfd)
+        assert built.returncode == 0, built.stderr
+        assert built.stderr.strip().splitlines() == [
+            f"[pipeline.generate] {dataset_folder(mount / 'built', 8)} already holds this dataset (size 8, seed 1, "
+            "40 train / 8 validation / 8 test); nothing to do"
+        ]
+        damaged = run_in_process("pipeline.generate", generate_args(mount / "damaged", settings)[2:], capfd)
+        assert_one_line_error(damaged, "pipeline.generate", 2, f"--data_dir {mount / 'damaged'} is not writable")
+        assert snapshot(mount) == before
+    finally:
+        unmount(mount)
+
+
+def test_a_damaged_build_holding_a_file_no_build_writes_is_refused_and_nothing_is_deleted(tiny_data_dir, capfd):
+    data_dir, settings = tiny_data_dir
+    folder = dataset_folder(data_dir, 8)
+    os.truncate(shard(folder, "train"), 100)
+    pathlib.Path(folder, "notes.txt").write_text("mine")
+    before = snapshot(data_dir)
+    result = run_in_process("pipeline.generate", generate_args(data_dir, settings)[2:], capfd)
+    assert_one_line_error(result, "pipeline.generate", 2, f"the dataset in {folder} is damaged (shard ",
+                          "and it holds notes.txt, which no build writes; move that away")  # fmt: skip
+    assert snapshot(data_dir) == before
 
 
 def test_settings_of_a_damaged_build_that_cannot_be_read_are_not_guessed(tiny_data_dir, capfd):
@@ -139,7 +194,6 @@ def test_same_settings_with_flags_that_cannot_change_a_built_dataset_are_refused
 
 def run_until_writing(command, config_folder):
     import subprocess
-    import time
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(
@@ -164,15 +218,25 @@ def test_ctrl_c_or_sigterm_midway_leave_one_line_no_dataset_and_the_same_command
         os.killpg(process.pid, signal_number)  # Ctrl-C reaches the whole foreground process group
     else:
         process.send_signal(signal_number)  # a scheduler signals the command alone
-    _, stderr = process.communicate(timeout=120)
+    # The moment the command says it stopped, its Beam workers are gone already: it ended them (they run in its
+    # session), rather than leaving them to notice that it is gone.
+    said, left = [], None
+    deadline = time.monotonic() + 120
+    while left is None and time.monotonic() < deadline and select.select([process.stderr], [], [], 1)[0]:
+        said.append(process.stderr.readline())
+        if not said[-1]:
+            break
+        if said[-1].startswith("pipeline.generate: error: "):
+            left = still_running_in_session(process.pid, but=process.pid)
+    _, rest = process.communicate(timeout=120)
+    stderr = "".join(said) + rest
     assert process.returncode == 128 + signal_number, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == (
         f"pipeline.generate: error: interrupted by {signal_name}; run the same command again"
     )
+    assert left == [], left
+    assert not still_running_in_session(process.pid)
     assert sorted(os.listdir(config_folder)) == [".generate.lock"]  # no incomplete folder, no dataset
-    time.sleep(0.5)
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert f"{tmp_path}" not in processes  # no worker left either
     again = run_command(*generate_args(tmp_path, settings), check=True)  # the lock was released
     assert "done: 40,600 examples" in again.stderr
     assert not list(config_folder.glob("incomplete.*"))

@@ -44,7 +44,7 @@ CONFIG = ["--config", "configs/smoke.yaml", "--set", "deterministic=true", "--se
           "steps_per_epoch=20", "--set", "checkpoint_every_steps=5", "--set", "test_after_training=false"]  # fmt: skip
 SETTINGS = {
     "one_device": [],
-    "mirror": ["--set", "logical_cpu_devices=2", "--set", "devices=[/cpu:0, /cpu:1]"],
+    "mirror": ["--set", "logical_cpu_devices=2"],  # split the CPU in two and mirror over both (docs/training.md)
     "two_workers": [],
 }
 # Where one run is killed, in turn (tests/fault_injection/sitecustomize.py counts from each process's start), and
@@ -135,7 +135,7 @@ def references(small_data_dir, tmp_path_factory):
             for name in ("first", "second"):
                 results = train(setting, root / name, small_data_dir)
                 assert [code for code, _ in results] == [0] * len(results), results[0][1][-3000:]
-                runs.append({"fingerprint": fingerprint(chief_log(results)),
+                runs.append({"fingerprint": fingerprint(chief_log(results)), "log": chief_log(results),
                              "history": (root / name / "history.csv").read_text()})  # fmt: skip
             made[setting] = {"setting": setting, "runs": runs, "root": root, "data": small_data_dir}
         return made[setting]
@@ -148,6 +148,8 @@ def test_two_uninterrupted_runs_end_with_identical_weights(references, setting):
     first, second = references(setting)["runs"]
     assert first["fingerprint"] == second["fingerprint"]
     assert first["history"] == second["history"] and len(first["history"].splitlines()) == 4
+    replicas = {"one_device": "1 replica in all", "mirror": "2 replicas in all", "two_workers": "2 replicas in all"}
+    assert replicas[setting] in first["log"], first["log"][-3000:]
 
 
 def killed(setting, model_dir, data_dir, point: str, worker: int = 0):
@@ -211,10 +213,17 @@ def test_a_mirror_killed_mid_checkpoint_write_ends_as_if_never_stopped(reference
     ends_as_if_never_stopped("mirror", model_dir, reference, resumes_at=10)
 
 
-@pytest.mark.parametrize("setting", settings_of("one_device", "two_workers"))
-def test_sigterm_stops_within_seconds_with_one_line_and_the_rerun_ends_as_if_never_stopped(references, setting):
+@pytest.mark.parametrize(
+    ("setting", "signal_name"), [in_group("one_device", "SIGINT"), in_group("two_workers", "SIGTERM")]
+)
+def test_ctrl_c_or_sigterm_stops_within_seconds_with_one_line_and_a_checkpoint_and_the_rerun_ends_as_if_never_stopped(
+    references, setting, signal_name
+):
+    """Ctrl-C on one device (a terminal sends SIGINT to the trainer's one process), SIGTERM to one of two workers (as a
+    scheduler does): the step in progress finishes, a checkpoint of that step is written, one line each."""
     reference = references(setting)
-    model_dir = reference["root"] / "sigterm"
+    model_dir = reference["root"] / signal_name.lower()
+    number = getattr(signal, signal_name)
     processes = start(setting, model_dir, reference["data"])
     target = processes[-1][0]  # with two workers, only the second is told to stop: both must
     deadline = time.monotonic() + 240
@@ -224,20 +233,24 @@ def test_sigterm_stops_within_seconds_with_one_line_and_the_rerun_ends_as_if_nev
             finish(processes, timeout=0)
             pytest.fail(f"the run ended before its first step:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
-    target.send_signal(signal.SIGTERM)
+    target.send_signal(number)
     sent = time.monotonic()
     stopped = finish(processes, timeout=60)
     seconds = time.monotonic() - sent
-    assert seconds < STOP_SECONDS, f"stopped {seconds:.1f} s after SIGTERM"
+    assert seconds < STOP_SECONDS, f"stopped {seconds:.1f} s after {signal_name}"
     for code, log in stopped:
-        assert code == 128 + signal.SIGTERM, log[-3000:]
+        assert code == 128 + number, log[-3000:]
         lines = log.strip().splitlines()
-        assert "Traceback" not in log and lines[-1].startswith("trainer.task: error: stopped by SIGTERM at step ")
+        assert "Traceback" not in log and lines[-1].startswith(
+            f"trainer.task: error: stopped by {signal_name} at step "
+        )
         assert "run the same command again to resume" in lines[-1]
-    steps = {re.search(r"stopped by SIGTERM at step (\d+)", log).group(1) for _, log in stopped}
+    steps = {re.search(rf"stopped by {signal_name} at step (\d+)", log).group(1) for _, log in stopped}
     assert len(steps) == 1, steps  # every worker stopped at the same step
+    step = int(steps.pop())
+    assert (model_dir / "checkpoints" / "state" / f"step_{step:09d}" / "manifest.json").is_file()
 
-    ends_as_if_never_stopped(setting, model_dir, reference, resumes_at=int(steps.pop()))
+    ends_as_if_never_stopped(setting, model_dir, reference, resumes_at=step)
 
 
 # One device only: what the checkpoints themselves promise (the format is the same in every setting).

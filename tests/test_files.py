@@ -31,10 +31,13 @@ def test_a_write_that_fails_leaves_no_partial_file_nor_the_folders_it_made(tmp_p
 def test_what_a_killed_run_left_half_written_is_removed_and_nothing_else(tmp_path):
     (tmp_path / "history.csv").write_text("kept")
     (tmp_path / f"history.csv{files.PARTIAL}").write_text("half")
+    (tmp_path / f"model.keras{files.PARTIAL}.keras").write_text("half")
     (tmp_path / f"export{files.PARTIAL}").mkdir()
     (tmp_path / f"export{files.PARTIAL}" / "saved_model.pb").write_text("half")
+    (tmp_path / f"notes{files.PARTIAL}.txt").write_text("a file of the user's, named alike")
     files.remove_partials(str(tmp_path))
-    assert os.listdir(tmp_path) == ["history.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["history.csv", f"notes{files.PARTIAL}.txt"]
+    os.remove(tmp_path / f"notes{files.PARTIAL}.txt")
     files.remove_partials(str(tmp_path / "missing"))  # nothing to do
     files.remove(str(tmp_path / "history.csv"))
     files.remove(str(tmp_path / "history.csv"))  # already gone: no error

@@ -64,7 +64,21 @@ def test_unusable_data_dirs_are_refused(tmp_path, capfd):
             "--num_shards 5 is more than the 4 test examples",
         ),
         (["--data_dir=gs://bucket/data", "--file_format=tfrecord,array_record"], "needs a local --data_dir"),
-        (["--size=16", "--num_train=1000000000000"], "but"),
+        # A runner typo, and a runner that needs a download it cannot get (offline: no network; online: no such file).
+        (["--runner=DaskRunnr"], "--runner DaskRunnr is not a Beam runner; did you mean DaskRunner?"),
+        (
+            [
+                "--runner=PrismRunner",
+                "--prism_location=https://github.com/apache/beam/releases/download/v0.0.0/none.zip",
+            ],
+            "--runner=PrismRunner needs Beam's Prism binary, which it could not get (Unable to fetch remote prism",
+        ),
+        (["--dry_run=yes"], "--dry_run takes True or False, got 'yes'"),
+        # The shard limit, before the free-space check (a trillion examples fit no disk either).
+        (
+            ["--size=16", "--num_train=1000000000000"],
+            "1,000,000,000,000 train examples would take 2,449,612 shards, more than the 1,000,000 TFDS's metadata",
+        ),
     ],
 )
 def test_unknown_flags_and_flags_that_cannot_take_effect_are_refused_before_anything_is_written(

@@ -88,3 +88,18 @@ def test_a_held_model_dir_is_refused_before_anything_is_taken_or_written(holder)
     assert (model_dir / outputs.LOCK_FILE).read_text() == before
     model_dir_lock.refuse_if_held(str(model_dir / "elsewhere"))  # no lock file: nothing to say
     assert not (model_dir / "elsewhere").exists()
+
+
+def test_export_of_a_run_still_before_its_first_checkpoint_is_told_it_is_in_use(tmp_path, capfd):
+    """What a run holds before it has written anything but its hold (no checkpoint yet): in use, not empty."""
+    from conftest import run_in_process
+
+    hold = model_dir_lock.hold(str(tmp_path / "model"), "trainer.task")
+    try:
+        refused = run_in_process("trainer.export", [f"--model_dir={tmp_path / 'model'}"], capfd)
+    finally:
+        hold.release()
+    assert refused.returncode == 2
+    assert refused.stderr.strip().startswith(
+        f"trainer.export: error: --model_dir {tmp_path / 'model'} is in use by trainer.task (pid {os.getpid()} "
+    ), refused.stderr

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-from conftest import SMALL, run_command
+from conftest import REPO, SMALL, run_command
 
 from pipeline import generator
 
@@ -70,3 +73,17 @@ def test_an_input_file_is_read_batch_by_batch_with_its_labels_in_this_process(tm
     if name.endswith(".npz"):
         assert (np.concatenate([labels for _, labels in batches]) == made["label"]).all()
     assert predict.describe("right", 0.9, "left") == "Expected: Left, Predicted: Right  (probability of right 0.9000)"
+
+
+@pytest.mark.slow
+def test_predict_whose_reader_goes_away_exits_141_quietly_as_the_shells_tools_do(quick_model_dir):
+    """`trainer.predict ... | head -1`: the first line reaches head, then predict ends with 128 + SIGPIPE."""
+    pipeline = (
+        f"set -o pipefail; {sys.executable} -m trainer.predict --model={quick_model_dir} --count=100000 --seed=4 "
+        "| head -1"
+    )
+    result = subprocess.run(["bash", "-c", pipeline], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 141, result.stderr[-3000:]
+    assert result.stdout.startswith("Expected: ") and len(result.stdout.splitlines()) == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("[trainer.predict] ") for line in lines), result.stderr[-3000:]

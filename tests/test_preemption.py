@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO, ended_within
@@ -66,3 +67,41 @@ def test_the_supervisor_relays_its_workers_lines_less_the_distributed_runtimes_e
         kept = [line for line in LOST_PEER_OUTPUT.split("\n") if line.startswith(("[", "W0000", "\r"))]
         assert relayed.getvalue() == "\n".join(kept) + "\n"
         assert "E0000" not in relayed.getvalue() and "The tasks have crashed" not in relayed.getvalue()
+
+
+# A stop requested while the main thread waits inside TensorFlow for something that never comes (as for a batch of a
+# tf.data service with no worker): Python's own handler would never run there.
+BLOCKED_IN_TENSORFLOW = """
+import tensorflow as tf
+from trainer import preemption
+stop = preemption.StopRequest("trainer.task")
+stop.install()
+queue = tf.queue.FIFOQueue(1, tf.int32)
+print("waiting", flush=True)
+with stop.waiting("an element of an empty queue"):
+    queue.dequeue()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_a_wait_inside_tensorflow_in_one_line_within_the_grace_period(number):
+    from trainer import preemption
+
+    waiting = subprocess.Popen([sys.executable, "-c", BLOCKED_IN_TENSORFLOW], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert waiting.stdout.readline() == "waiting\n", waiting.stderr.read()
+        waiting.send_signal(number)
+        if number == signal.SIGINT:
+            time.sleep(1)  # later (two signals sent at once reach their handlers in either order)
+            waiting.send_signal(signal.SIGTERM)  # a second signal changes nothing: the first is the one named
+        code = ended_within(waiting, preemption.GRACE_SECONDS + 20, "a process waiting inside TensorFlow")
+        assert code == 128 + number
+        assert waiting.stderr.read().strip().splitlines()[-1] == (
+            f"trainer.task: error: stopped by {signal.Signals(number).name} while waiting for an element of an empty "
+            "queue; nothing was saved yet; run the same command again to resume"
+        )
+    finally:
+        waiting.kill()
+        waiting.wait()

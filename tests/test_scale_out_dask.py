@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, generate_args, run_command
+from conftest import REPO, generate_args, run_command, still_running_in_session
 
 from pipeline import contract
 
@@ -39,27 +39,39 @@ class Cluster:
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.processes: list[subprocess.Popen] = []
         self.by_name: dict[str, subprocess.Popen] = {}
+        self.killed: list[subprocess.Popen] = []  # by a test, on purpose
 
-    def start_all(self):
+    def start_all(self, workers: int = 2, env=None, nanny: bool = False):
         port = self.address.rsplit(":", 1)[1]
-        self.start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", port])
-        for _ in range(2):
-            self.add_worker()
+        self.start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", port], env)
+        for _ in range(workers):
+            self.add_worker(env, nanny)
 
-    def start(self, name, args):
+    def start(self, name, args, env=None):
         with open(self.folder / f"{name}.log", "w") as log:
             process = subprocess.Popen(
                 [DASK, *args, "--no-dashboard"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})},
             )  # fmt: skip
         self.processes.append(process)
         self.by_name[name] = process
         return process
 
-    def add_worker(self) -> subprocess.Popen:
+    def add_worker(self, env=None, nanny: bool = False) -> subprocess.Popen:
         # --no-nanny: the worker is this process, so that killing it loses the worker (a nanny would restart it).
         name = f"worker-{len(self.processes)}"
-        return self.start(name, ["worker", self.address, "--nthreads", "1", "--no-nanny", "--name", name])
+        args = ["worker", self.address, "--nthreads", "1", "--name", name, *([] if nanny else ["--no-nanny"])]
+        return self.start(name, args, env)
+
+    def kill(self, process: subprocess.Popen):
+        self.killed.append(process)
+        process.kill()
+
+    def died(self) -> list[str]:
+        """The cluster's processes that ended without a test killing them."""
+        return [
+            name for name, process in self.by_name.items() if process.poll() is not None and process not in self.killed
+        ]
 
     def client(self):
         return distributed.Client(self.address, timeout=START_SECONDS, set_as_default=False)
@@ -86,9 +98,11 @@ def cluster(tmp_path_factory):
         cluster.start_all()
         cluster.wait_for_workers(2)
         yield cluster
+        # Before the cluster is stopped here: the jobs sent to it, Ctrl-C included, left its scheduler and workers
+        # running (only the one a test killed is gone).
+        assert not cluster.died(), cluster.logs()
     finally:
         cluster.stop()
-    assert all(process.poll() is not None for process in cluster.processes)  # nothing left running
 
 
 def on_cluster(cluster, *extra):
@@ -140,11 +154,6 @@ def test_a_build_on_the_cluster_is_byte_identical_to_the_default_runners_with_ev
     assert sum(shards.values()) == 3 * 4 and len(shards) == 2, shards
 
 
-def still_running_in_session(session: int) -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if line.split()[0] == str(session) and line.split()[1][0] != "Z"]
-
-
 def test_without_an_address_a_cluster_is_started_here_for_the_run_and_closed(default_build, tmp_path):
     args = generate_args(tmp_path, SETTINGS, extra=["--runner=DaskRunner", "--num_shards=4"])
     process = start_generate(args)  # a session of its own: what it starts stays in it, orphaned or not
@@ -190,14 +199,19 @@ def test_ctrl_c_during_a_cluster_run_is_one_line_exit_130_and_nothing_is_left(cl
     )
     assert "Traceback" not in stderr
     assert sorted(os.listdir(config_folder)) == [".generate.lock"]
-    # The cluster's shards that were running when it was cancelled write nothing afterwards.
-    time.sleep(3)
-    assert sorted(os.listdir(config_folder)) == [".generate.lock"]
+    # The shards that were running on the workers when the job was cancelled run to their end (a thread cannot be
+    # stopped) but write nothing: once no worker runs any, the folder still holds only the lock.
+    # How many tasks each worker is running (defined here: the workers cannot import this test module).
+    executing = lambda dask_worker: dask_worker.state.executing_count  # noqa: E731
     with cluster.client() as client:
-        deadline = time.monotonic() + 30
-        while any(client.processing().values()) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            any(client.processing().values()) or any(client.run(executing).values())
+        ):
             time.sleep(0.2)
         assert not any(client.processing().values())  # the cluster is free for the next job
+        assert not any(client.run(executing).values()), client.run(executing)
+    assert sorted(os.listdir(config_folder)) == [".generate.lock"]
 
 
 def test_a_worker_killed_mid_job_costs_its_shards_again_elsewhere_and_the_dataset_is_the_same(cluster, tmp_path):
@@ -223,7 +237,7 @@ def test_a_worker_killed_mid_job_costs_its_shards_again_elsewhere_and_the_datase
             time.sleep(0.02)
         victim = victims[0]
         assert process.poll() is None, "the job ended before a worker could be killed; make it bigger"
-        victim.kill()
+        cluster.kill(victim)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr + cluster.logs()
     assert "Traceback" not in stderr
@@ -235,3 +249,51 @@ def test_a_worker_killed_mid_job_costs_its_shards_again_elsewhere_and_the_datase
         ".generate.lock",
         contract.VERSION,
     ]
+
+
+FAULTS = os.path.join(REPO, "tests", "fault_injection")
+
+
+def test_workers_that_keep_dying_on_a_shard_end_the_job_in_one_line_exit_1_with_nothing_kept(tmp_path):
+    """Dask gives up on a task whose workers died allowed-failures + 1 times (here 1 + 1, to be quick; 3 + 1 by
+    default); each death is a worker killed as the out-of-memory killer does, on its first shard."""
+    cluster = Cluster(tmp_path / "cluster")
+    (tmp_path / "cluster").mkdir()
+    env = {"PYTHONPATH": FAULTS, "FAULT_AT": "write_shard:1", "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}
+    try:
+        cluster.start_all(workers=1, env=env, nanny=True)  # the nanny starts its worker again after each death
+        cluster.wait_for_workers(1)
+        data_dir = tmp_path / "data"
+        result = run_command(*generate_args(data_dir, SETTINGS, extra=on_cluster(cluster, "--num_shards=2")),
+                             timeout=300)  # fmt: skip
+    finally:
+        cluster.stop()
+    assert result.returncode == 1, result.stderr + cluster.logs()
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"pipeline.generate: error: the Dask cluster at {cluster.address} could not finish the job "
+                           "(KilledWorker: "), line  # fmt: skip
+    assert "nothing was kept: check its workers and run the same command again" in line
+    assert "Traceback" not in result.stderr
+    assert sorted(os.listdir(data_dir / contract.NAME / contract.config_name(8))) == [".generate.lock"]
+
+
+def test_a_scheduler_lost_mid_build_ends_the_job_in_one_line_exit_1_with_nothing_kept(tmp_path):
+    cluster = Cluster(tmp_path / "cluster")
+    (tmp_path / "cluster").mkdir()
+    settings = {"size": 16, "num_train": 400_000, "num_validation": 1000, "num_test": 1000, "seed": 2}
+    try:
+        cluster.start_all(workers=1)
+        cluster.wait_for_workers(1)
+        process = start_generate(generate_args(tmp_path, settings, extra=on_cluster(cluster)))
+        config_folder = tmp_path / contract.NAME / contract.config_name(16)
+        wait_until_writing(process, config_folder)
+        cluster.kill(cluster.by_name["scheduler"])
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        cluster.stop()
+    assert process.returncode == 1, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"pipeline.generate: error: the Dask cluster at {cluster.address} could not finish the "
+                           "job ("), stderr[-3000:]  # fmt: skip
+    assert "Traceback" not in stderr
+    assert sorted(os.listdir(config_folder)) == [".generate.lock"]

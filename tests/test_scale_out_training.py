@@ -5,6 +5,7 @@ tf.data service: test_scale_out_topology.py."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,56 @@ def test_a_worker_whose_training_process_is_killed_says_so_the_other_names_it_an
     assert json.loads((model_dir / "history.json").read_text())["epoch"] == [1, 2, 3]
 
 
+def test_workers_that_find_different_checkpoints_are_stopped_in_one_line_each(
+    quick_model_dir, small_data_dir, tmp_path
+):
+    """Worker 0's --model_dir holds a checkpoint, worker 1's none (a --model_dir that is not one shared folder)."""
+    resumed = tmp_path / "shared_by_none"
+    shutil.copytree(quick_model_dir, resumed, ignore=shutil.ignore_patterns("export"))
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    workers = []
+    for index, model_dir in enumerate((resumed, tmp_path / "another")):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        command = ["-m", "trainer.task", *QUICK_TRAIN, "--data_dir", small_data_dir, "--model_dir", str(model_dir)]
+        workers.append(start(command, tmp_path / f"worker_{index}.log", env={"TF_CONFIG": json.dumps(tf_config)}))
+    assert finish(workers, timeout=240) == [1, 1], (tmp_path / "worker_0.log").read_text()[-3000:]
+    for index in range(2):
+        lines = (tmp_path / f"worker_{index}.log").read_text().strip().splitlines()
+        assert lines[-1].startswith(
+            "trainer.task: error: the workers resumed from different checkpoints: --model_dir (and AIP_CHECKPOINT_DIR) "
+            "must be one folder that every worker reaches"
+        ), lines
+        assert all(line.startswith("[trainer.task] ") for line in lines[:-1]), lines
+
+
+def test_a_peer_that_hangs_without_dying_stops_the_others_after_collective_timeout_seconds(small_data_dir, tmp_path):
+    """Worker 1 stops in its 5th train step, alive (TensorFlow's threads answer the health checks, which find nothing
+    wrong): only the all-reduce's timeout ends the chief's wait."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    hang = {"PYTHONPATH": os.path.join(REPO, "tests", "fault_injection"), "FAULT_AT": "train_step:5:hang"}
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+        command = ["-m", "trainer.task", *SMOKE, "--set", "collective_timeout_seconds=5", "--data_dir", small_data_dir,
+                   "--model_dir", str(tmp_path / "model")]  # fmt: skip
+        env = {"TF_CONFIG": json.dumps(tf_config), **(hang if index else {})}
+        workers.append(start(command, tmp_path / f"worker_{index}.log", env=env))
+    try:
+        wait_for(tmp_path / "worker_0.log", r"first step of this run", workers, timeout=240)
+        started = time.monotonic()  # within 4 steps of the hang
+        code = ended_within(workers[0], 120, "worker 0 with a peer that hangs")
+        seconds = time.monotonic() - started
+    finally:
+        stop(workers)
+    assert code == 1, (tmp_path / "worker_0.log").read_text()[-3000:]
+    line = (tmp_path / "worker_0.log").read_text().strip().splitlines()[-1]
+    assert line.startswith("trainer.task: error: lost contact with another worker (every one still answers: one may "
+                           "hang) ("), line  # fmt: skip
+    # 5 s of all-reduce timeout, the chief's wait for its peers to leave (10 s) and room for a loaded machine.
+    print(f"worker 0 stopped {seconds:.1f} s after its first step, its peer hanging from its fifth")
+    assert seconds < 60, f"worker 0 stopped {seconds:.1f} s after its first step"
+
+
 def test_a_worker_whose_peer_never_starts_gives_up_after_peer_wait_seconds_with_one_line(small_data_dir, tmp_path):
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     tf_config = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 0}}
@@ -178,7 +229,11 @@ def test_a_worker_whose_peer_never_starts_gives_up_after_peer_wait_seconds_with_
                "--model_dir", str(tmp_path / "model")]  # fmt: skip
     started = time.monotonic()
     result = run_command(*command, env={"TF_CONFIG": json.dumps(tf_config)}, timeout=120)
-    assert result.returncode == 1 and time.monotonic() - started < 60, result.stderr[-3000:]
+    seconds = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-3000:]
+    # The wait starts as the command does: 5 s, plus the start of a process that imports no TensorFlow, and room for
+    # a loaded machine; a wait ten times too long (50 s) fails.
+    assert 5 <= seconds < 30, f"gave up after {seconds:.1f} s"
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("trainer.task: error: worker 0 waited 5 s for the other workers of TF_CONFIG")
     assert f"no answer from worker 1 ({addresses[1]})" in line and "Traceback" not in result.stderr
@@ -202,6 +257,66 @@ def test_sigterm_to_a_worker_waiting_for_its_peers_ends_it_within_seconds_with_o
     lines = (tmp_path / "worker_1.log").read_text().strip().splitlines()
     assert lines[-1].startswith("trainer.task: error: stopped by SIGTERM while waiting for the other workers")
     assert not (tmp_path / "model").exists()
+
+
+WAITING_FOR_THE_SERVICE = "still waiting for the first batch from the tf.data service at grpc://localhost:{port}"
+
+
+def test_the_trainer_waits_for_a_service_worker_a_signal_ends_the_wait_and_a_worker_joining_ends_it(
+    small_data_dir, tmp_path
+):
+    servers = [start(["-m", "trainer.data_service", "dispatcher", "--port", "0"], tmp_path / "dispatcher.log")]
+    trainers = []
+    try:
+        port = wait_for(tmp_path / "dispatcher.log", r"grpc://localhost:(\d+)", servers, timeout=120).group(1)
+        for name in ("waits", "stopped"):
+            command = ["-m", "trainer.task", *QUICK_TRAIN, "--data_dir", small_data_dir, "--model_dir",
+                       str(tmp_path / name), "--tf_data_service", f"grpc://localhost:{port}",
+                       "--set", "deterministic=false"]  # fmt: skip
+            trainers.append(start(command, tmp_path / f"{name}.log"))
+        # No worker has joined: both wait for their first batch, and say so.
+        for name, trainer in zip(("waits", "stopped"), trainers, strict=True):
+            wait_for(tmp_path / f"{name}.log", re.escape(WAITING_FOR_THE_SERVICE.format(port=port)), [trainer], 240)
+        # Ctrl-C ends a wait inside TensorFlow, where Python's handler never runs: one line, exit 130, nothing saved.
+        trainers[1].send_signal(signal.SIGINT)
+        assert ended_within(trainers[1], 30, "a trainer waiting for a service worker, after Ctrl-C") == 130
+        assert trainers[0].poll() is None  # the other goes on waiting
+        servers.append(start(["-m", "trainer.data_service", "worker", "--dispatcher", f"localhost:{port}"],
+                             tmp_path / "worker.log"))  # fmt: skip
+        assert ended_within(trainers[0], 300, "a trainer once a service worker joined") == 0
+    finally:
+        stop(servers + trainers)
+    lines = (tmp_path / "stopped.log").read_text().strip().splitlines()
+    assert lines[-1] == (
+        f"trainer.task: error: stopped by SIGINT while waiting for the first batch from the tf.data service at "
+        f"grpc://localhost:{port}; nothing was saved yet; run the same command again to resume"
+    )
+    assert all(line.startswith("[trainer.task] ") for line in lines[:-1]), lines
+    assert not list((tmp_path / "stopped").rglob("manifest.json"))
+    assert (tmp_path / "waits" / "export" / "saved_model.pb").is_file()
+
+
+def test_a_service_worker_says_when_it_loses_and_regains_its_dispatcher(tmp_path):
+    port = free_port()
+    dispatcher = ["-m", "trainer.data_service", "dispatcher", "--port", str(port)]
+    servers = [start(dispatcher, tmp_path / "dispatcher.log")]
+    try:
+        wait_for(tmp_path / "dispatcher.log", "dispatcher up", servers, timeout=120)
+        servers.append(start(["-m", "trainer.data_service", "worker", "--dispatcher", f"localhost:{port}"],
+                             tmp_path / "worker.log"))  # fmt: skip
+        wait_for(tmp_path / "worker.log", "worker up", servers[1:], timeout=120)
+        servers[0].send_signal(signal.SIGTERM)
+        assert ended_within(servers[0], 30, "the dispatcher after SIGTERM") == 0
+        lost = f"lost contact with the dispatcher at localhost:{port} (Connection refused); waiting for it"
+        wait_for(tmp_path / "worker.log", re.escape(lost), servers[1:], timeout=30)
+        servers.append(start(dispatcher, tmp_path / "dispatcher_again.log"))
+        wait_for(tmp_path / "worker.log", f"the dispatcher at localhost:{port} answers again", servers[1:], 120)
+    finally:
+        stop(servers)
+    lines = (tmp_path / "worker.log").read_text().strip().splitlines()
+    assert all(line.startswith("[trainer.data_service] ") for line in lines), lines  # no gRPC or TensorFlow lines
+    # stdout and stderr are one file here: the line that says it is up comes once.
+    assert sum("worker up on a free port" in line for line in lines) == 1, lines
 
 
 def run_two_workers(arguments: list[str], timeout: float = 180) -> list[subprocess.CompletedProcess]:

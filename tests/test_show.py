@@ -90,6 +90,7 @@ def test_show_draws_png_strips_and_gif_animations(small_data_dir, tmp_path):
     from PIL import Image
 
     png, gif = tmp_path / "strips.png", tmp_path / "moving.gif"
+    (tmp_path / "strips.png.partial.png").write_text("a file of the user's")  # named as show's drafts once were
     for out in (png, gif):
         result = run_command("-m", "pipeline.show", f"--data_dir={small_data_dir}", "--num=3", f"--out={out}")
         assert result.returncode == 0, result.stderr
@@ -98,7 +99,8 @@ def test_show_draws_png_strips_and_gif_animations(small_data_dir, tmp_path):
         assert image.width > 3 * image.height / 2  # strips of frames are wide
     with Image.open(gif) as image:
         assert image.n_frames == SMALL["size"]  # one GIF frame per video frame
-    assert sorted(os.listdir(tmp_path)) == ["moving.gif", "strips.png"]  # no leftovers
+    assert sorted(os.listdir(tmp_path)) == ["moving.gif", "strips.png", "strips.png.partial.png"]  # no leftovers
+    assert (tmp_path / "strips.png.partial.png").read_text() == "a file of the user's"
 
 
 @pytest.mark.parametrize(
@@ -114,8 +116,23 @@ def test_show_draws_png_strips_and_gif_animations(small_data_dir, tmp_path):
 def test_bad_show_flags_get_one_line_and_exit_2(small_data_dir, tmp_path, flags, message, capfd):
     flags = [flag.format(tmp=tmp_path) for flag in flags]
     result = run_in_process("pipeline.show", [f"--data_dir={small_data_dir}", *flags], capfd)
-    assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()  # the refusal alone: nothing said about reading first
+    assert line.startswith("pipeline.show: error: ") and message in line, result.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_asking_for_more_sequences_than_a_split_holds_draws_them_all_and_says_so(tiny_built_data_dir, tmp_path, capfd):
+    result = run_in_process(
+        "pipeline.show",
+        [f"--data_dir={tiny_built_data_dir}", "--split=test", "--num=10", f"--out={tmp_path}/x.png"],
+        capfd,
+    )
+    assert result.returncode == 0, result.stderr
+    reading, drew = result.stderr.strip().splitlines()
+    assert reading.startswith("[pipeline.show] reading 8 test sequences (all it holds: --num 10 is more) from ")
+    assert drew.startswith("[pipeline.show] drew 8 test sequences (")
 
 
 def test_show_on_an_empty_data_dir_says_to_generate_first(tmp_path, capfd):

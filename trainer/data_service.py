@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import signal
 import socket
 import sys
@@ -32,7 +33,7 @@ from pipeline import cli
 
 PROG = "trainer.data_service"
 MAX_PORT = 65535
-WATCH_SECONDS = 10  # how often a worker checks that its dispatcher still answers
+WATCH_SECONDS = 2  # how often a worker checks that its dispatcher still answers (a TCP connection, nothing more)
 HEARTBEAT_MILLISECONDS = 1000
 
 
@@ -205,6 +206,15 @@ def start(args):
         raise cli.UsageError(f"--port {args.port}: {error}; choose another port (0 picks a free one)") from None
 
 
+def same_file(first, second) -> bool:
+    """Whether two open streams write to the same file or pipe."""
+    try:
+        one, other = os.fstat(first.fileno()), os.fstat(second.fileno())
+    except (OSError, ValueError):
+        return False
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
 def watch_dispatcher(host: str, port: int):
     """Says when the dispatcher stops answering and when it answers again; never returns."""
     lost = None
@@ -221,17 +231,19 @@ def watch_dispatcher(host: str, port: int):
 def main(argv=None):
     args = parse_args(argv)
     check_port_free(args.port)
-    if args.role == "worker":
-        wait_for_dispatcher(args.dispatcher_host, args.dispatcher_port, args.dispatcher_timeout)
-    cli.quiet_tensorflow()
-    server, line = start(args)
-    # On stderr with every other line; on stdout too when a script reads it (for the port), not twice on a terminal.
-    cli.log(PROG, line)
-    if not sys.stdout.isatty():
-        print(f"[{PROG}] {line}", flush=True)
-    # The server runs on its own threads; sleeping here (not server.join(), which holds off Python's signal
-    # handling) lets Ctrl-C and SIGTERM (cli.run_main makes it raise cli.Interrupted) end the process.
+    # Ctrl-C and SIGTERM stop a server the same way whether it waits for its dispatcher or serves (cli.run_main makes
+    # them raise here): the server runs on its own threads, and this one sleeps (not server.join(), which holds off
+    # Python's signal handling).
     try:
+        if args.role == "worker":
+            wait_for_dispatcher(args.dispatcher_host, args.dispatcher_port, args.dispatcher_timeout)
+        cli.quiet_tensorflow()
+        server, line = start(args)
+        # On stderr with every other line; on stdout too when a script reads it (for the port), but not twice where
+        # both go to one place (a terminal, or `> log 2>&1`).
+        cli.log(PROG, line)
+        if not sys.stdout.isatty() and not same_file(sys.stdout, sys.stderr):
+            print(f"[{PROG}] {line}", flush=True)
         if args.role == "worker":
             watch_dispatcher(args.dispatcher_host, args.dispatcher_port)
         while server is not None:

@@ -101,8 +101,9 @@ def split_cpu(logical_devices: int):
 
 
 def make_strategy(config: dict, cluster: Cluster | None):
-    """MultiWorkerMirroredStrategy for a cluster; else MirroredStrategy over the devices the config names
-    (every GPU, or the CPU, when it names none). Across machines the constructor waits for every worker."""
+    """MultiWorkerMirroredStrategy for a cluster; else MirroredStrategy over the devices the config names (when it
+    names none: every GPU, else the logical CPU devices of logical_cpu_devices, else the CPU). Across machines the
+    constructor waits for every worker."""
     import tensorflow as tf
 
     if cluster is not None:
@@ -114,7 +115,9 @@ def make_strategy(config: dict, cluster: Cluster | None):
     visible = [device.name for device in tf.config.list_logical_devices()]
     if devices is None:
         gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
-        devices = gpus or ["/cpu:0"]
+        # No GPU: the CPU, or the logical devices split_cpu made of it (logical_cpu_devices) to mirror over.
+        cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
+        devices = gpus or (cpus if config["logical_cpu_devices"] >= 2 else ["/cpu:0"])
     canonical = {tf.DeviceSpec.from_string(name).to_string().lower(): name for name in visible}
     for device in devices:
         spec = tf.DeviceSpec.from_string(device)

@@ -141,10 +141,25 @@ def load_saved_model(model_dir: str):
                     "[batch, frames, S, S, 1]; give the export of a trainer.task run"
                 )
             return folder, signature
-    raise cli.UsageError(
-        f"no SavedModel in {model_dir} or {model_dir}/export; train one first with "
-        "`python -m trainer.task --config configs/default.yaml --data_dir DIR --model_dir DIR`"
-    )
+    raise cli.UsageError(f"no SavedModel in {model_dir} or {model_dir}/export; {advice_without_saved_model(model_dir)}")
+
+
+def advice_without_saved_model(model_dir: str) -> str:
+    """What to do about a folder with no SavedModel: export the checkpoints of a run that stopped, or train one."""
+    from trainer import outputs
+
+    paths = outputs.output_paths(model_dir)
+    if outputs.has_checkpoint(paths):
+        import tensorflow as tf
+
+        exports = sorted(tf.io.gfile.glob(os.path.join(model_dir, "export_step_*", "saved_model.pb")))
+        earlier = f", or give {os.path.dirname(exports[-1])} (an export of it)" if exports else ""
+        return (
+            f"its trainer.task run has not finished: export its newest checkpoint with `python -m trainer.export "
+            f"--model_dir {model_dir}` and give the folder it names{earlier}, or run the same trainer.task command "
+            "again to finish the run"
+        )
+    return "train one first with `python -m trainer.task --config configs/default.yaml --data_dir DIR --model_dir DIR`"
 
 
 def signature_size(signature) -> int:
@@ -181,6 +196,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cli.quiet_tensorflow()
+    cli.check_reachable(args.model_dir, "--model_dir")
+    cli.check_reachable(args.data_dir, "--data_dir")
     from trainer import config as config_lib
     from trainer import corrupt_data, input_pipeline
 

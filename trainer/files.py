@@ -75,11 +75,12 @@ def remove(path: str):
 
 
 def remove_partials(folder: str):
-    """Removes what a killed run left half-written in folder (files and folders named *.partial*)."""
+    """Removes what a killed run left half-written in folder: its files under their temporary names
+    (outputs.is_partial), and nothing else."""
     if not tf.io.gfile.isdir(folder):
         return
     for name in tf.io.gfile.listdir(folder):
-        if PARTIAL in name:
+        if outputs.is_partial(name):
             remove(os.path.join(folder, name.rstrip("/")))
 
 

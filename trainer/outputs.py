@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import re
 import tempfile
 
 from pipeline import cli
@@ -20,6 +21,13 @@ from trainer import config as config_lib
 STATE_FOLDER = "state"  # trainer.checkpoints keeps its checkpoints under CHECKPOINTS/state
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # trainer.files' temporary names
+# The files and folders a run writes into MODEL_DIR and its checkpoints folder, under their temporary names (NAME +
+# PARTIAL, and + ".keras" for Keras's files): what a killed run may leave half-written. Nothing else is removed.
+PARTIAL_NAME = re.compile(
+    r"(config\.yaml|history\.(csv|json)|learning_curves\.png|metrics(_\w+)?\.json|model\.keras|export|epoch_\d+\.keras)"
+    + re.escape(PARTIAL)
+    + r"(\.keras)?"
+)
 LOCK_FILE = ".trainer.lock"  # trainer.model_dir_lock: held by the one process that writes MODEL_DIR
 # What a run writes into MODEL_DIR before its first checkpoint (and config.yaml) exists.
 STARTED_RUN = {"checkpoints", "logs", LOCK_FILE}
@@ -58,6 +66,11 @@ class Paths:
     def epoch_keras(self, epoch: int) -> str:
         """The model after epoch (1-based)."""
         return os.path.join(self.checkpoints, f"epoch_{epoch:03d}.keras")
+
+
+def is_partial(name: str) -> bool:
+    """Whether name is one of a run's files under its temporary name (see PARTIAL_NAME)."""
+    return bool(PARTIAL_NAME.fullmatch(name.rstrip("/")))
 
 
 def output_paths(model_dir: str) -> Paths:
@@ -113,7 +126,7 @@ def check_model_dir(paths: Paths, config: dict) -> str:
         return "new"  # empty, or only the hold of the run checking it (trainer.model_dir_lock)
     if not files.exists(paths.config):
         left = [name.rstrip("/") for name in files.listdir(paths.model_dir)]
-        if all(name in STARTED_RUN or PARTIAL in name for name in left) and not has_checkpoint(paths):
+        if all(name in STARTED_RUN or is_partial(name) for name in left) and not has_checkpoint(paths):
             return "new"  # a run stopped before its first checkpoint left these: they bind nothing
         raise cli.UsageError(
             f"--model_dir {paths.model_dir} is not empty and holds no trainer run (no config.yaml); "

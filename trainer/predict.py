@@ -107,6 +107,7 @@ class InputVideos:
     labels: object  # int array [count], or None
     header: Header
     member: str | None  # the .npz member holding the videos; None for a .npy
+    given_shape: tuple = ()  # the array's shape as stored (header.shape reads one video as a batch of one)
 
     def batches(self):
         import numpy as np
@@ -213,12 +214,14 @@ def check_videos(videos: InputVideos):
 
     path, header = videos.path, videos.header
     check_numbers(path, header, "'video'" if videos.member else "the array")
+    videos.given_shape = header.shape  # what the file holds, for the messages
     if len(header.shape) == 4:  # one video
         header.shape = (1, *header.shape)
     frames, rows, columns, channels = header.shape[1:] if len(header.shape) == 5 else (None,) * 4
     if not (frames == rows == columns and channels == 1):
         raise cli.UsageError(
-            f"--input {path}: videos of shape {list(header.shape)}; give [N, S, S, S, 1] (S frames of S x S pixels)"
+            f"--input {path}: videos of shape {list(videos.given_shape)}; give [N, S, S, S, 1] (S frames of S x S "
+            "pixels), or one video [S, S, S, 1]"
         )
     videos.count = header.shape[0]
     if videos.count == 0:
@@ -234,8 +237,8 @@ def check_videos(videos: InputVideos):
 def check_size(videos: InputVideos, size: int):
     if videos.header.shape[1] != size:
         raise cli.UsageError(
-            f"--input {videos.path}: videos of shape {list(videos.header.shape)}; "
-            f"this model takes [N, {size}, {size}, {size}, 1]"
+            f"--input {videos.path}: videos of shape {list(videos.given_shape)}; "
+            f"this model takes [N, {size}, {size}, {size}, 1] (or one video [{size}, {size}, {size}, 1])"
         )
 
 
@@ -279,6 +282,7 @@ def main(argv=None):
     args = parse_args(argv)
     videos = read_videos(args.input) if args.input else None
     cli.quiet_tensorflow()
+    cli.check_reachable(args.model, "--model")
     from trainer import evaluate
 
     export_dir, signature = evaluate.load_saved_model(args.model)

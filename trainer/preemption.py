@@ -3,8 +3,12 @@
 In the training process, StopRequest only notes the signal: the loop finishes the step in progress,
 saves a checkpoint, says where it stopped and exits with 128 + the signal's number (143 for SIGTERM,
 130 for Ctrl-C); the same command then resumes exactly. Should the loop not get there within
-GRACE_SECONDS (a first step still being compiled), a watchdog thread says so and exits, and the run
-resumes from its last checkpoint.
+GRACE_SECONDS (a first step still being compiled, a wait inside TensorFlow for a batch that does not come:
+a tf.data service with no worker, a dispatcher gone), a watchdog thread says so, naming what the loop was
+waiting for, and exits; the run resumes from its last checkpoint. Python runs a signal handler only when
+the main thread runs Python, which a thread blocked inside TensorFlow never does: so the signal is also
+read from Python's wakeup file descriptor (written by the C handler whatever the main thread does) by a
+thread of its own, which starts the watchdog.
 
 Across machines, MultiWorkerMirroredStrategy waits for every worker inside TensorFlow, holding Python's
 lock, where no signal handler and no timeout can run; TensorFlow's coordination service also takes
@@ -54,11 +58,17 @@ class StopRequest:
         self.prog = prog
         self.signal_number: int | None = None
         self.resume_hint = "nothing was saved yet"
+        # What the loop is waiting for, when it waits for something that may never come (said if the watchdog ends it).
+        self.waiting_for: str | None = None
         self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._wakeup: tuple[int, int] | None = None
+        self._previous_wakeup = -1
 
     def install(self):
         for number in STOP_SIGNALS:
             signal.signal(number, self._note)
+        self._watch_wakeup_fd()
         if cli.raised_signal() is not None:  # raised before and dropped on the way (see cli._raised)
             self._note(cli.raised_signal(), None)
 
@@ -66,6 +76,27 @@ class StopRequest:
         """Back to ending the command at once (cli.run_main's handling) once there is no step to finish."""
         self.stopped()
         cli.install_interrupt_handlers()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            os.close(self._wakeup[1])  # the watcher reads end-of-file and ends
+            self._wakeup = None
+
+    def _watch_wakeup_fd(self):
+        """Notes a stop signal from a thread of its own: Python's handler (self._note) waits for the main thread."""
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._previous_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._wakeup = (read, write)
+
+        def watch():
+            with contextlib.suppress(OSError):
+                while numbers := os.read(read, 64):
+                    for number in numbers:
+                        if number in STOP_SIGNALS:
+                            self._note(number, None)
+            os.close(read)
+
+        threading.Thread(target=watch, name="stop-signal-watch", daemon=True).start()
 
     @property
     def requested(self) -> bool:
@@ -82,17 +113,29 @@ class StopRequest:
         """The loop has stopped and saved: the watchdog has nothing to do."""
         self._stopped.set()
 
+    @contextlib.contextmanager
+    def waiting(self, what: str):
+        """Marks a wait that may not end by itself (what: "a batch from the tf.data service at ..."), for the watchdog's
+        line."""
+        self.waiting_for = what
+        try:
+            yield
+        finally:
+            self.waiting_for = None
+
     def _note(self, signal_number, frame):
-        if self.signal_number is not None:
-            return  # already stopping; schedulers and terminals often send more than one
-        self.signal_number = signal_number
+        with self._lock:
+            if self.signal_number is not None:
+                return  # already stopping; schedulers and terminals often send more than one
+            self.signal_number = signal_number
         threading.Thread(target=self._watchdog, daemon=True).start()
 
     def _watchdog(self):
         if self._stopped.wait(GRACE_SECONDS):
             return
+        doing = f"while waiting for {self.waiting_for}" if self.waiting_for else "before the step in progress finished"
         print(
-            f"{self.prog}: error: stopped by {self.name()} before the step in progress finished; "
+            f"{self.prog}: error: stopped by {self.name()} {doing}; "
             f"{self.resume_hint}; run the same command again to resume",
             file=sys.stderr,
             flush=True,

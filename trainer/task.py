@@ -25,7 +25,7 @@ import time
 
 from pipeline import cli
 from trainer import config as config_lib
-from trainer import distribution, model_dir_lock, outputs, preemption
+from trainer import distribution, export, model_dir_lock, outputs, preemption
 
 PROG = "trainer.task"
 SKIP_HINT = "--set skip_corrupt_records=true"
@@ -70,6 +70,9 @@ def main(argv=None):
 
         data_service.check_dispatcher(args.tf_data_service)
     paths = outputs.output_paths(args.model_dir)
+    for flag, path in (("--data_dir", args.data_dir), ("--model_dir", paths.model_dir),
+                       ("AIP_CHECKPOINT_DIR", os.environ.get("AIP_CHECKPOINT_DIR"))):  # fmt: skip
+        cli.check_reachable(path, flag)
     if cluster is None or cluster.is_chief:
         # A live run's hold first: what the folder holds is that run's, still changing.
         model_dir_lock.refuse_if_held(paths.model_dir)
@@ -77,6 +80,14 @@ def main(argv=None):
     if state == "finished":
         log(f"{paths.model_dir} already holds this run, trained and exported; nothing to do")
         return 0
+    if cluster is None or cluster.is_chief:
+        # The run ends by writing MODEL_DIR/export: anything there that no export of this run wrote is refused now.
+        problem = export.replace_problem(paths.export, paths.model_dir)
+        if problem:
+            raise cli.UsageError(
+                f"{problem}; the run ends by writing its SavedModel there: move those files away, or give another "
+                "--model_dir"
+            )
     if preemption.supervised():
         preemption.end_with_supervisor()
     if cluster is not None and not preemption.supervised():
@@ -216,14 +227,14 @@ def train_and_finish(config, cluster, paths, builder, stop, loop, position):
 
 def finish(config: dict, paths: outputs.Paths, builder, trained):
     """The outputs after training: history, learning curves, test metrics, model.keras, export/."""
-    from trainer import evaluate, export, training_log
+    from trainer import evaluate, training_log
 
     history = training_log.write_history(paths.history_csv, paths.history_json)
     training_log.plot_learning_curves(history, paths.plot)
     if config["test_after_training"]:
         evaluate.evaluate_trained_model(trained, builder, config, "test", paths.model_dir, PROG, paths.keras)
     export.save_keras(trained, paths.keras)
-    export.export_saved_model(trained, paths.export, builder.info.features["label"].names)
+    export.export_saved_model(trained, paths.export, builder.info.features["label"].names, paths.model_dir)
     written = {
         "SavedModel": paths.export,
         "Keras model": paths.keras,

@@ -39,6 +39,8 @@ from trainer import model as model_lib
 # What the workers agree on before each step (a sum over all of them): who was asked to stop, and who
 # could not read its data.
 STOP_SIGINT, STOP_SIGTERM, READ_FAILED = range(3)
+# A first batch not there after this long is said to be awaited (the tf.data service waits for a worker silently).
+WAIT_NOTICE_SECONDS = 10
 # TensorFlow's errors when another worker is gone or does not answer within collective_timeout_seconds.
 LOST_PEER_ERRORS = (
     tf.errors.UnavailableError,
@@ -236,6 +238,7 @@ class Loop:
         self.saved: checkpoints.Position | None = None
         self.first_step_logged = self.batch_logged = False
         self.step = 0
+        self.fetched: set[int] = set()  # the iterators a first batch was taken from
         self._build_steps()
 
     @property
@@ -330,7 +333,7 @@ class Loop:
             status[STOP_SIGTERM if self.stop.name() == "SIGTERM" else STOP_SIGINT] = 1
         else:
             try:
-                batch = next(iterator)
+                batch = self.fetch(iterator)
             except corrupt_data.READ_ERRORS as caught:
                 if self.workers == 1:
                     raise
@@ -339,6 +342,24 @@ class Loop:
         if agreed[READ_FAILED]:
             raise error if error is not None else corrupt_data.PeerReadError()
         return (batch, None) if not agreed.any() else (None, agreed)
+
+    def fetch(self, iterator):
+        """next(iterator). A first batch long in coming is said (the tf.data service waits, silently, for a worker to
+        join its dispatcher), and a stop signal meanwhile ends the wait (trainer.preemption names it)."""
+        if id(iterator) in self.fetched:
+            return next(iterator)
+        self.fetched.add(id(iterator))
+        source = f"the tf.data service at {self.data_service.address}" if self.data_service else "the input pipeline"
+        what = f"the first batch from {source}"
+        said = "; a tf.data service sends none until a worker joins its dispatcher" if self.data_service else ""
+        notice = threading.Timer(WAIT_NOTICE_SECONDS, self.log, [f"still waiting for {what}{said}"])
+        notice.daemon = True
+        notice.start()
+        try:
+            with self.stop.waiting(what):
+                return next(iterator)
+        finally:
+            notice.cancel()
 
     def take_step(self, iterator) -> tuple[checkpoints.Sums | None, np.ndarray | None]:
         """One train step on the next batch: its sums, or (None, why every worker stops)."""

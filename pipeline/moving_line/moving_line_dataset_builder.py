@@ -30,6 +30,11 @@ MIN_SHARD_EXAMPLES = 2_000
 WRITTEN_SHARDS_FOLDER = "written-shards"
 
 
+class ShardsMissingError(RuntimeError):
+    """The runner ended its job without having written every shard of the plan (a cluster that lost its scheduler
+    reports the job as done)."""
+
+
 @dataclasses.dataclass
 class MovingLineConfig(tfds.core.BuilderConfig):
     """A frame size, and how many examples each split gets unless the build says otherwise."""
@@ -227,7 +232,9 @@ class Builder(library_gaps.FileReaderBuilder):
             held = sorted((index, examples, size) for name, index, examples, size, _ in shards if name == plan.split)
             expected = list(enumerate(count for _, count in transforms.shard_bounds(plan.count, plan.num_shards)))
             if [(index, examples) for index, examples, _ in held] != expected:
-                raise RuntimeError(f"the {plan.split} shards written do not match the plan; run the build again")
+                raise ShardsMissingError(
+                    f"the job ended with {len(held)} of the {plan.num_shards} {plan.split} shards written"
+                )
             split_infos.append(
                 tfds.core.SplitInfo(
                     name=plan.split,

@@ -7,20 +7,35 @@ no clean-up, as when a machine is lost) right after its n-th
   validation_step   validation step (mid-validation),
   checkpoint_write  checkpoint write, after cutting the data file it wrote in half (mid-write: the
                     manifest that would make it a finished checkpoint is never written).
+When pipeline.transforms is imported (a Beam or Dask worker of pipeline.generate), before its n-th
+  write_shard       shard written (a worker that dies on a shard: out of memory, say).
+In place of a signal, "hang" makes the process stop there without dying: its main thread sleeps, while TensorFlow's
+own threads go on answering the other workers' health checks.
 """
 
+import functools
 import importlib.abc
 import importlib.util
 import os
 import signal
 import sys
+import time
 
 FAULT = os.environ.get("FAULT_AT")
 
 
 def inject(module):
     point, count, *name = FAULT.split(":")
-    count, number = int(count), signal.Signals[name[0] if name else "SIGKILL"]
+    hang = name == ["hang"]
+    count, number = int(count), None if hang else signal.Signals[name[0] if name else "SIGKILL"]
+
+    def fault():
+        if hang:
+            time.sleep(10**6)
+        os.kill(os.getpid(), number)
+
+    if (module.__name__ == "pipeline.transforms") != (point == "write_shard"):
+        return  # a point of the other module
     calls = [0]
 
     def counted(function, before_signal=lambda *args: None):
@@ -29,11 +44,23 @@ def inject(module):
             calls[0] += 1
             if calls[0] == count:
                 before_signal(*args)
-                os.kill(os.getpid(), number)
+                fault()
             return result
 
         return wrapper
 
+    if point == "write_shard":
+        process = module.WriteShard.process
+
+        @functools.wraps(process)  # Beam finds (and pickles) the method by its name
+        def dying_process(self, plan):
+            calls[0] += 1
+            if calls[0] == count:
+                fault()
+            yield from process(self, plan)
+
+        module.WriteShard.process = dying_process
+        return
     if point == "checkpoint_write":
         import tensorflow as tf
 
@@ -57,7 +84,7 @@ class InjectOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self.finding, self.loader = False, None
 
     def find_spec(self, name, path, target=None):
-        if name != "trainer.train" or self.finding:
+        if name not in ("trainer.train", "pipeline.transforms") or self.finding:
             return None
         self.finding = True
         try:
