@@ -53,9 +53,11 @@ PROG = "trainer.ray_job"
 # How long the driver lets the workers take to stop after SIGTERM or Ctrl-C: the step in progress (or a first
 # step still compiling), the chief's checkpoint, and Ray's end of the worker group. Kubernetes kills 30 s after.
 STOP_GRACE_SECONDS = 25.0
-# Ray Train waits this long for a worker group to start before it tries again with the workers it can get
-# (its own default is 60 s, most of what a node's loss costs a job: see BENCHMARKS.md).
-DEFAULT_WORKER_START_TIMEOUT = 30.0
+# How long Ray Train waits for the resources of a worker group (its placement group) before it decides again on
+# the workers it can get. Ready resources are reserved within a second; after a node's loss Ray goes on counting
+# that node until its health checks give it up, and each failed try costs this long again (Ray's default is 60 s):
+# BENCHMARKS.md has what a node's loss costs. A fixed group retries without limit, so a short wait loses nothing.
+DEFAULT_WORKER_START_TIMEOUT = 10.0
 DEFAULT_MAX_FAILURES = 3
 # What the chief's trainer.task lines say, read by the driver to time and describe a restart.
 RESUMING = re.compile(r"^resuming at step (\d+) of (\d+)")
@@ -166,7 +168,6 @@ def main(argv=None):
     if state == "finished":
         log(f"{paths.model_dir} already holds this run, trained and exported; nothing to do")
         return 0
-    address = check_address(args.address)
 
     # Data: read before anything is written, so a wrong data_dir leaves model_dir untouched.
     cli.quiet_tensorflow()
@@ -178,10 +179,7 @@ def main(argv=None):
     plan = train.plan_run(builder, config)
 
     # The cluster: reached, and big enough for the fewest workers asked for.
-    import ray
-
-    connect(ray, address, args.dashboard)
-    try:
+    with connected(check_address(args.address), args.dashboard) as ray:
         check_resources(ray, args)
         hold = model_dir_lock.hold(paths.model_dir, PROG)
         try:
@@ -196,8 +194,6 @@ def main(argv=None):
             raise
         finally:
             hold.release()
-    finally:
-        ray.shutdown()
 
 
 def absolute(paths: outputs.Paths) -> outputs.Paths:
@@ -226,23 +222,35 @@ def check_address(address: str | None) -> str | None:
     return address
 
 
-def connect(ray, address: str | None, dashboard: bool):
-    """Joins the cluster at address (or starts a Ray instance here): Ray's own lines and the workers' output stay
-    in Ray's log files, and usage statistics stay off unless RAY_USAGE_STATS_ENABLED says otherwise."""
+@contextlib.contextmanager
+def connected(address: str | None, dashboard: bool):
+    """Ray, joined to the cluster at address (or started here) until the block ends.
+
+    Ray's own lines and the workers' output stay in Ray's log files, and usage statistics stay off unless
+    RAY_USAGE_STATS_ENABLED says otherwise. Ray prints what its raylets push to a driver (a worker died, a raylet
+    ended, in paragraphs with colour codes) on the driver's stdout, with no switch to turn that off: the same is in
+    Ray's log files (raylet.out) and this command says what happened in its own lines, so its stdout (it writes
+    nothing else there) goes nowhere while it is joined.
+    """
+    import ray
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray Train would turn every print in a worker into a log record as well (the lines twice in its log files).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     options = {"log_to_driver": False, "logging_level": logging.ERROR}
     if not address:
         options["include_dashboard"] = dashboard
-    try:
-        ray.init(address=address, **options)
-    except ConnectionError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise cli.UsageError(f"--address {address}: {first_line}") from None
-    # Ray Train's own loggers write to the console of the controller, not of this process; its driver-side logger
-    # would print a Ctrl-C notice of its own.
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere):
+        try:
+            ray.init(address=address, **options)
+        except ConnectionError as error:
+            raise cli.UsageError(f"--address {address}: {first_line(error)}") from None
+        # Ray Train's driver-side logger would print notices of its own.
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
 
 
 def check_resources(ray, args):
@@ -317,11 +325,7 @@ class Driver:
         # once, without a checkpoint); this thread takes SIGTERM and SIGINT and asks the workers to stop instead.
         for number in preemption.STOP_SIGNALS:
             signal.signal(number, lambda number, frame: self.received.append(number))
-        # Ray prints what its raylets push to a driver (a worker died, and why, in a paragraph with colour codes) on
-        # the driver's stdout, with no switch to turn it off; the same is in Ray's own log files (raylet.out), and
-        # this command says it in its own line. This command writes nothing else to stdout.
-        with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere):
-            return self.follow(fitting, outcome, storage)
+        return self.follow(fitting, outcome, storage)
 
     def follow(self, fitting: threading.Thread, outcome: dict, storage: str) -> int:
         """Runs fit() and prints what the workers report until it ends; asks them to stop on SIGTERM or SIGINT."""
@@ -386,8 +390,10 @@ class Driver:
         text = f"restart {self.restarts} of at most {self.args.max_failures}: {restart.lost}"
         if restart.workers:
             text += f"; Ray started {count(restart.workers, 'worker')} again"
-        if restart.step is not None:
+        if restart.step:
             text += f", which resumed at step {restart.step} of {self.plan.total_steps}"
+        elif restart.step is not None:
+            text += ", which started from step 0 (there was no checkpoint yet)"
         if first_step is not None:
             text += f"; first step {first_step - restart.failed_at:.1f} s after the failure"
         log(text)
@@ -487,7 +493,9 @@ def failed_workers_callback(journal):
             failed = [
                 f"worker {rank} {describe_worker_failure(error)}" for rank, error in sorted(worker_exceptions.items())
             ]
-            journal.add.remote("failed", "; ".join(failed))
+            # A lost worker makes the others fail too (they lose contact with it): that is no news.
+            lost = [text for text in failed if " was lost " in text]
+            journal.add.remote("failed", "; ".join(lost or failed))
 
     return ReportFailedWorkers()
 
