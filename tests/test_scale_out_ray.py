@@ -4,20 +4,17 @@ restart, not the job), a node lost mid-run with --workers 2:1, the refusals that
 compared with two TF_CONFIG workers' (trainer.task). Refusals decided before Ray is reached:
 test_errors_every_command.py."""
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 from conftest import (
-    REPO,
     ended_within,
     free_port,
     last_error_line,
@@ -28,9 +25,10 @@ from conftest import (
     wait_for,
 )
 
+from bench.ray import LocalCluster
+
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_cluster")]
 
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")  # the ray command of this environment
 # Long enough to stop or kill mid-run after the checkpoint of epoch 1 (epochs are seconds; starts are most of it).
 LONGER = ["--config", "configs/smoke.yaml", "--set", "epochs=3", "--set", "steps_per_epoch=150",
           "--set", "test_after_training=false"]  # fmt: skip
@@ -40,102 +38,16 @@ TOTAL_STEPS = 450
 RESIZE_SUPPORTED = False
 
 
-class LocalCluster:
-    """A Ray cluster of two nodes on this machine, each a `ray start --block` process this fixture started (in a
-    session of its own, so that every process of the node can be found and ended)."""
-
-    def __init__(self, root: str):
-        self.root = root
-        self.nodes: dict[str, subprocess.Popen] = {}
-        self.address = ""
-
-    def start_node(self, name: str, *flags, env=None):
-        log = open(os.path.join(self.root, f"{name}.log"), "w")  # noqa: SIM115 - the node's own, closed with it
-        self.nodes[name] = subprocess.Popen(
-            [RAY, "start", "--num-cpus", "1", "--disable-usage-stats", "--block", *flags],
-            cwd=REPO,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self.nodes[name]
-
-    def log(self, name: str):
-        from pathlib import Path
-
-        return Path(self.root, f"{name}.log")
-
-    def start(self):
-        # Ray's health checks every second, three missed: a lost node is given up in seconds (Ray's defaults take
-        # about half a minute here, which the benchmark measures).
-        fast_health_checks = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
-        head = self.start_node(
-            "head", "--head", "--port", str(free_port()), "--ray-client-server-port", str(free_port()),
-            "--include-dashboard=false", "--temp-dir", os.path.join(self.root, "ray"), env=fast_health_checks,
-        )  # fmt: skip
-        # The head listens on the machine's address, which `ray start` prints.
-        self.address = wait_for(self.log("head"), r"ray start --address='([^']+)'", [head], timeout=120).group(1)
-        self.start_second_node()
-
-    def start_second_node(self):
-        node = self.start_node("node2", "--address", self.address)
-        wait_for(self.log("node2"), r"Ray runtime started", [node], timeout=120)
-
-    def sessions(self) -> set[int]:
-        return {node.pid for node in self.nodes.values()}
-
-    def processes_of(self, session: int) -> list[int]:
-        """Every process in a node's session (Ray gives its workers process groups of their own)."""
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as stat:
-                        fields = stat.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[3]) == session:  # the session id (after state, ppid, pgrp)
-                    found.append(int(entry))
-        return found
-
-    def lose_second_node(self):
-        """Node 2 gone at once, as a machine that dies: SIGKILL to every process of it."""
-        for pid in self.processes_of(self.nodes["node2"].pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.nodes["node2"].wait(timeout=30)
-
-    def stop(self):
-        """Each node told to stop by SIGTERM (`ray start --block` drains it, then ends its processes), then anything
-        left after a few seconds killed: a node that ran jobs drains for up to 30 s, with nothing to keep here."""
-        for node in reversed(list(self.nodes.values())):
-            if node.poll() is None:
-                node.send_signal(signal.SIGTERM)
-        for node in self.nodes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.wait(timeout=5)
-        for session in self.sessions():
-            for pid in self.processes_of(session):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        for node in self.nodes.values():
-            node.wait(timeout=30)
-        deadline = time.monotonic() + 30  # killed processes are gone once their parents (or init) reaped them
-        while time.monotonic() < deadline and self.left():
-            time.sleep(0.2)
-
-    def left(self) -> list[int]:
-        return [pid for session in self.sessions() for pid in self.processes_of(session)]
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
+    """A Ray cluster of two nodes on this machine, 1 CPU each (bench.ray.LocalCluster), every process of it ended at
+    teardown. Ray's health checks every second, three missed: a lost node is given up in seconds (Ray's defaults take
+    about half a minute, which bench.ray measures)."""
     # Ray's socket paths must stay short (under about 100 characters): a folder of its own under /tmp.
-    root = tempfile.mkdtemp(prefix="ray-test-")
-    cluster = LocalCluster(root)
+    root = tempfile.mkdtemp(prefix="ray-test-", dir="/tmp")
+    cluster = LocalCluster(root, env={"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
     try:
-        cluster.start()
+        cluster.start(free_port(), free_port())
         yield cluster
     finally:
         cluster.stop()
@@ -256,7 +168,7 @@ def test_a_node_lost_mid_run_with_workers_2_1_goes_on_with_one_worker(
     try:
         wait_for(tmp_path / "elastic.log", r"\] 2 workers up", [driver], timeout=300)
         wait_for(tmp_path / "elastic.log", r"\] epoch 1/3: ", [driver], timeout=300)
-        ray_cluster.lose_second_node()
+        ray_cluster.kill_node("node2")
         lost = time.monotonic()
         code = ended_within(driver, 300, "trainer.ray_job after node 2 was lost")
         seconds = time.monotonic() - lost

@@ -441,10 +441,12 @@ def fit(trainer, outcome: dict):
 
 
 def describe_failure(error: BaseException) -> str:
-    """One line for what Ray gave up on: each failed worker and its error's first line."""
+    """One line for what Ray gave up on: each failed worker (Ray Train's WorkerGroupError), or the error itself."""
     failures = getattr(error, "worker_failures", None)
     if failures:
-        return "; ".join(f"worker {rank}: {first_line(failure)}" for rank, failure in sorted(failures.items()))
+        return "; ".join(
+            f"worker {rank} {describe_worker_failure(failure)}" for rank, failure in sorted(failures.items())
+        )
     return first_line(error)
 
 
