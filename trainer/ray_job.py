@@ -329,13 +329,12 @@ class Driver:
 
     def follow(self, fitting: threading.Thread, outcome: dict, storage: str) -> int:
         """Runs fit() and prints what the workers report until it ends; asks them to stop on SIGTERM or SIGINT."""
-        ray = self.ray
         try:
             fitting.start()
             stop_deadline = None
             while fitting.is_alive():
                 fitting.join(timeout=0.5)
-                self.show(ray.get(self.journal.take.remote()))
+                self.show(self.reported())
                 if self.received and stop_deadline is None:
                     self.journal.request_stop.remote(signal.Signals(self.received[0]).name)
                     stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -346,11 +345,23 @@ class Driver:
                         "ended; run the same command again to resume from the last checkpoint",
                         exit_code=cli.interrupted_exit(self.received[0]),
                     )
-            self.show(ray.get(self.journal.take.remote()))
+            self.show(self.reported())
         finally:
             cli.install_interrupt_handlers()
             shutil.rmtree(storage, ignore_errors=True)
         return self.finish(outcome)
+
+    def reported(self) -> list:
+        """What the workers told the Journal since the last call."""
+        from ray.exceptions import RayError
+
+        try:
+            return self.ray.get(self.journal.take.remote())
+        except RayError as error:  # the head (where the Journal lives, beside this command) is gone
+            raise cli.FaultError(
+                f"lost the Ray cluster ({first_line(error)}); run the same command again to resume from the last "
+                "checkpoint"
+            ) from None
 
     def describe_cluster(self) -> str:
         nodes = [node for node in self.ray.nodes() if node.get("Alive")]
@@ -589,11 +600,11 @@ def train_on_worker(settings: dict):
     is returned, so that Ray ends the job instead of trying again."""
     import ray
 
+    from trainer import train
+
     journal = settings["journal"]
     context = ray.train.get_context()
     rank, workers = context.get_world_rank(), context.get_world_size()
-    from trainer import train
-
     with contextlib.redirect_stderr(LinesToDriver(journal, sys.stderr, relay=rank == 0)):
         try:
             code = train_here(settings, journal, rank, workers)
@@ -605,9 +616,8 @@ def train_on_worker(settings: dict):
                 raise  # Ray restarts the group
             return {"exit_code": error.exit_code, "message": str(error)}
         finally:
-            ray.get(
-                journal.written_with.remote()
-            )  # after every line sent before it (one caller's calls keep their order)
+            # Returns once every line sent before it has arrived (one caller's calls to an actor keep their order).
+            ray.get(journal.written_with.remote())
 
 
 def train_here(settings: dict, journal, rank: int, workers: int) -> int:
