@@ -13,7 +13,7 @@ export WORK
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,gcp,dask]'
+	$(BIN)/python -m pip install --quiet -e '.[test,gcp,dask,ray]'
 	touch $(STAMP)
 
 # The main job on the embedded default: generate -> train -> evaluate -> export -> predict.

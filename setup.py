@@ -38,6 +38,10 @@ setup(
         # Beam's DaskRunner: pipeline.generate --runner=DaskRunner on a Dask cluster (dask, distributed).
         "dask": [f"{BEAM.replace('apache-beam', 'apache-beam[dask]')}"],
         "and-cuda": [TENSORFLOW.replace("tensorflow", "tensorflow[and-cuda]")],
+        # Ray Train: python -m trainer.ray_job trains on a Ray cluster (trainer/ray_job.py). Its 'train' extra
+        # brings what ray.train imports (pandas, pyarrow, fsspec, pydantic, ...); Ray also needs jsonschema and
+        # msgpack, its normal dependencies.
+        "ray": ["ray[train]>=2.60,<2.61"],
         # grain and torch: the tests read the ArrayRecord files as JAX and PyTorch users would. torch 2.13.0 is the
         # CPU build; an unpinned torch would pull a CUDA build of several GB.
         "test": [

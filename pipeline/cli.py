@@ -92,8 +92,12 @@ def interrupts_deferred():
     For calls into TensorFlow: an exception raised by a signal handler in the middle of one can come out
     as another error (a failed function call, with a traceback) instead of the interrupt. Its end also
     raises a signal whose exception was raised before and dropped (see _raised): a loop that enters it
-    once per batch stops within a batch of any signal.
+    once per batch stops within a batch of any signal. Off the main thread (a Ray worker's training thread) it does
+    nothing: Python runs signal handlers on the main thread only, so none interrupts this one.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     pending = []
     previous = {number: signal.signal(number, lambda number, frame: pending.append(number))
                 for number in (signal.SIGTERM, signal.SIGINT)}  # fmt: skip

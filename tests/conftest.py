@@ -6,11 +6,13 @@ from __future__ import annotations
 import importlib
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -49,6 +51,31 @@ def run_command(*args, env=None, check=False, timeout=600):
             f"`python {describe(args)}` failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def start(args, log_path, env=None):
+    """`python -m ...` from the repo root in the background, stdout and stderr into log_path."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for(log_path, pattern: str, processes, timeout: float) -> re.Match:
+    """The first match of pattern in the log, polled until timeout (or until every process has ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, log_path.read_text())
+        if match:
+            return match
+        if all(process.poll() is not None for process in processes):
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"no {pattern!r} in {log_path} after {timeout} s:\n{log_path.read_text()[-3000:]}")
 
 
 def ended_within(process: subprocess.Popen, timeout: float, doing: str) -> int:

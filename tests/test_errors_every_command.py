@@ -258,6 +258,16 @@ BAD_INPUTS = [
     ("trainer.data_service", ["dispatcher", "--port={busy_port}"], "--port {busy_port} is already in use"),
     ("trainer.data_service", ["worker", "--dispatcher=localhost"], "--dispatcher localhost: expected HOST:PORT"),
     ("trainer.data_service", ["worker", "--dispatcher=localhost:1", "--port={busy_port}"], "is already in use"),
+    # Training on Ray: what is refused before a cluster is reached (the refusals that need one: test_scale_out_ray.py).
+    ("trainer.ray_job", ["--workers=1:2"], "--workers: expected MAX >= MIN >= 1, got '1:2'", {"process": True}),
+    ("trainer.ray_job", ["--workers=two"], "--workers: expected N or MAX:MIN (whole numbers), got 'two'"),
+    ("trainer.ray_job", ["--set", "devices=[/cpu:0]"], "on Ray every worker trains on its GPUs (--gpus_per_worker)"),
+    ("trainer.ray_job", ["--workers=4:3"], "batch_size 32 does not split evenly over 3 replicas (3 workers)"),
+    ("trainer.ray_job", ["--model_dir={root}/occupied"], "holds no trainer run"),
+    ("trainer.ray_job", ["--set", "size=16"], "no moving_line/size_16 dataset"),
+    ("trainer.ray_job", ["--address=localhost"], "--address localhost is not HOST:PORT"),
+    ("trainer.ray_job", ["--address=127.0.0.1:{free_port}"], "--address 127.0.0.1:{free_port}: nothing answers"),
+    ("trainer.ray_job", ["--dashboard"], "--dashboard applies to the Ray instance this command starts"),
     # Faults: damaged files (exit 1), a full disk (exit 1), signals (128 + the signal; a server stops with 0).
     ("trainer.evaluate", ["--model_dir={root}/garbage_model"], "cannot load the SavedModel in {root}/garbage_model",
      {"exit": 1, "process": True}),
@@ -306,6 +316,13 @@ DEFAULT_FLAGS = {
     "trainer.predict": ["--model={model}"],
     "trainer.export": ["--model_dir={model}"],
     "trainer.data_service": [],
+    # Nothing listens at the address: a case that passes its own check is refused there, before Ray is imported.
+    "trainer.ray_job": [
+        "--config=configs/smoke.yaml",
+        "--data_dir={data}",
+        "--model_dir={root}/new_model",
+        "--address=127.0.0.1:{free_port}",
+    ],
 }
 
 

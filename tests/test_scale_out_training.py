@@ -23,6 +23,8 @@ from conftest import (
     last_error_line,
     run_command,
     snapshot,
+    start,
+    wait_for,
 )
 
 from pipeline import cli, contract
@@ -32,31 +34,6 @@ pytestmark = [pytest.mark.slow, BOTH_CORES]  # two workers, each wanting both co
 # Multi-worker training and the tf.data service: real processes on localhost, each bounded by a timeout.
 
 SMOKE = ["--config", "configs/smoke.yaml"]
-
-
-def start(args, log_path, env=None):
-    """`python -m ...` from the repo root in the background, stdout and stderr into log_path."""
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            [sys.executable, *args],
-            cwd=REPO,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_for(log_path, pattern: str, processes, timeout: float) -> re.Match:
-    """The first match of pattern in the log, polled until timeout (or until every process has ended)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(pattern, log_path.read_text())
-        if match:
-            return match
-        if all(process.poll() is not None for process in processes):
-            break
-        time.sleep(0.5)
-    raise AssertionError(f"no {pattern!r} in {log_path} after {timeout} s:\n{log_path.read_text()[-3000:]}")
 
 
 def stop(processes):
