@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BOTH_CORES, REPO, free_port
+from conftest import BOTH_CORES, REPO, SMALL, free_port
 
 pytestmark = [pytest.mark.slow, BOTH_CORES]  # two workers, or a trainer and the service's processes
 
@@ -193,6 +193,11 @@ def wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float = 
         time.sleep(0.2)
 
 
+def bytes_read(process: subprocess.Popen) -> int:
+    """What the process read from files so far (/proc/PID/io's rchar)."""
+    return int(re.search(r"^rchar: (\d+)$", Path(f"/proc/{process.pid}/io").read_text(), re.M).group(1))
+
+
 def test_a_run_fed_by_the_tf_data_service_waits_for_its_workers_takes_one_devices_batches_and_resumes_exactly(
     reference, tmp_path
 ):
@@ -212,11 +217,16 @@ def test_a_run_fed_by_the_tf_data_service_waits_for_its_workers_takes_one_device
         for index, port in enumerate(ports[1:]):
             servers.append(start_server(["worker", "--dispatcher", f"localhost:{ports[0]}", "--port", str(port)],
                                         tmp_path / f"worker_{index}.log"))  # fmt: skip
+        for index, server in enumerate(servers[1:]):
+            wait_for(tmp_path / f"worker_{index}.log", "worker up", server)
+        before = [bytes_read(server) for server in servers[1:]]
         ((code, stopped),) = finish(trainer)
         assert code == 128 + signal.SIGTERM, stopped[-3000:]
         assert "the tf.data service's 2 workers are up" in stopped
         assert digest(stopped, 0) == digest(reference["log"], 0)
         ((code, resumed),) = train("one_device", model_dir, reference["data"], *service)
+        # The service's workers read the training records (the trainer reads only the validation split's).
+        read = sum(bytes_read(server) - start for server, start in zip(servers[1:], before, strict=True))
     finally:
         for server in servers:
             server.send_signal(signal.SIGTERM)
@@ -225,5 +235,8 @@ def test_a_run_fed_by_the_tf_data_service_waits_for_its_workers_takes_one_device
     assert code == 0, resumed[-3000:]
     assert "training batches come from the tf.data service at grpc://localhost" in resumed
     assert "resuming at step 20 of 48" in resumed and "resuming on another topology" not in resumed
+    shards = list(Path(reference["data"]).rglob("*-train.tfrecord-*"))
+    record_bytes = sum(shard.stat().st_size for shard in shards) / SMALL["num_train"]
+    assert read > 48 * 16 / 4 * record_bytes, (read, record_bytes)  # at least a quarter of the records taken
     # Bit for bit the weights of one device reading the data itself.
     assert fingerprint(resumed) == fingerprint(reference["log"])
