@@ -5,10 +5,9 @@ started on this machine for the benchmark (`ray start --head` and a second `ray 
 health checks), the size-8 smoke config for 3 epochs of 150 steps:
   - a worker killed by SIGKILL after its group's first step (--workers 2): seconds from the kill to the first step
     after the resume, and to Ray's notice of the failure;
-  - node 2 lost (SIGKILL to every process of it) after the first step, before the first checkpoint (--workers 2:1,
-    so that the restart on one worker starts over, which is allowed today): seconds from the loss to the first step
-    on one worker, side by side for each --worker_start_timeout in --timeouts (10 s: trainer.ray_job's default;
-    60 s: Ray's own).
+  - node 2 lost (SIGKILL to every process of it) after the checkpoint of epoch 1 (--workers 2:1: Ray goes on with
+    one worker, which resumes on the same global batches): seconds from the loss to the first step on one worker,
+    side by side for each --worker_start_timeout in --timeouts (10 s: trainer.ray_job's default; 60 s: Ray's own).
 Without --data_dir a size-8 dataset is generated in a temporary folder; everything is removed at the end, the
 cluster's processes included. Ends with one JSON line. Not in `python -m bench all`, nor run by the test suite at a
 smallest setting: it starts a cluster and kills parts of it, minutes at any setting (tests/test_scale_out_ray.py
@@ -190,7 +189,7 @@ def a_node_lost(cluster: LocalCluster, data_dir: str, model_dir: str, timeout: f
         job.end()  # Ray had not yet counted node 2 in (it does within seconds of its start): again
         time.sleep(10)
     try:
-        job.wait_for(r"\] first step of this run")
+        job.wait_for(r"\] epoch 1/3: ")
         cluster.kill_node("node2")
         lost = time.monotonic()
         first_step, restart = job.wait_for(RESTART)

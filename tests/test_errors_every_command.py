@@ -262,7 +262,14 @@ BAD_INPUTS = [
     ("trainer.ray_job", ["--workers=1:2"], "--workers: expected MAX >= MIN >= 1, got '1:2'", {"process": True}),
     ("trainer.ray_job", ["--workers=two"], "--workers: expected N or MAX:MIN (whole numbers), got 'two'"),
     ("trainer.ray_job", ["--set", "devices=[/cpu:0]"], "on Ray every worker trains on its GPUs (--gpus_per_worker)"),
-    ("trainer.ray_job", ["--workers=4:3"], "batch_size 32 does not split evenly over 3 replicas (3 workers)"),
+    # Elastic: Ray may go on with any number of workers in the range, and each must share the 8 input streams.
+    ("trainer.ray_job", ["--workers=3:1"], "--workers 3:1 lets Ray go on with any number of workers from 1 to 3, and 3 "
+     "workers cannot share this run's 8 input streams evenly (the order of its batches is defined over them, and each "
+     "worker reads a whole number of them): every number in the range must be 1, 2, 4 or 8 (--workers 2:1 here); a "
+     "new run may set input_streams to a multiple of 6"),
+    ("trainer.ray_job", ["--workers=3"], "3 workers cannot share this run's 8 input streams evenly"),
+    ("trainer.ray_job", ["--workers=2", "--gpus_per_worker=3"], "batch_size 32 does not split evenly over 6 replicas "
+     "(2 workers)"),
     ("trainer.ray_job", ["--model_dir={root}/occupied"], "holds no trainer run"),
     ("trainer.ray_job", ["--set", "size=16"], "no moving_line/size_16 dataset"),
     ("trainer.ray_job", ["--address=localhost"], "--address localhost is not HOST:PORT"),

@@ -12,9 +12,11 @@ Without --address (or RAY_ADDRESS) a Ray instance is started on this machine for
 - A lost worker (killed, out of memory, its node gone): Ray ends the other workers and starts the group again
   (at most --max_failures times); the new group resumes from the last checkpoint in model_dir, exactly, so the job
   ends with the weights of a run never interrupted. The command says so in one line per restart.
-- --workers MAX:MIN (elastic): Ray restarts on the workers it can get, at least MIN. Resuming on another number of
-  workers than wrote the checkpoint would change the order of the batches, so such a restart is refused in one line
-  (exit 1) until the input pipeline gives the same batches on any number of workers.
+- --workers MAX:MIN (elastic): Ray restarts on the workers it can get, at least MIN, and the run goes on on them:
+  the global batch of a step is the same on any number of workers (trainer.input_pipeline), so the job ends with
+  the weights of a run never interrupted within float reduction order, not bit for bit (the chief says so in one
+  line when it resumes on another number of workers). Every number in the range must divide the config's
+  input_streams; a range holding one that does not is refused before Ray starts.
 - Ctrl-C or SIGTERM: the workers stop together after the step in progress, the chief saves a checkpoint, and the
   command exits 130 or 143; the same command resumes. One job per model_dir: the command holds it (its lock).
 
@@ -35,6 +37,7 @@ import dataclasses
 import importlib.util
 import io
 import logging
+import math
 import os
 import re
 import shutil
@@ -154,7 +157,11 @@ def main(argv=None):
             "devices and logical_cpu_devices choose devices on one machine; on Ray every worker trains on its "
             "GPUs (--gpus_per_worker) or its CPU: unset them"
         )
+    # The order of the batches is defined over input_streams: the batch, and every number of workers Ray may start
+    # (any in --workers MAX:MIN, after a loss), must share them evenly.
+    config_lib.check_input_streams(config["input_streams"], config["batch_size"])
     most, least = args.workers
+    check_worker_counts(config["input_streams"], most, least)
     for workers in range(least, most + 1):
         replicas = workers * max(args.gpus_per_worker, 1)
         if config["batch_size"] % replicas:
@@ -194,6 +201,35 @@ def main(argv=None):
             raise
         finally:
             hold.release()
+
+
+def check_worker_counts(streams: int, most: int, least: int):
+    """A UsageError unless each number of workers from least to most can share the run's input streams: after a
+    loss, Ray Train's elastic policy starts the group again on any number in --workers MAX:MIN that the cluster
+    has room for, and the run resumes on it."""
+    if most == least:
+        config_lib.check_input_pipelines(streams, most, "workers")
+        return
+    for workers in range(least, most + 1):
+        if streams % workers:
+            widest = widest_range(streams)
+            fits = f"--workers {widest[1]}:{widest[0]} here" if widest else "here one number, not a range"
+            raise cli.UsageError(
+                f"--workers {most}:{least} lets Ray go on with any number of workers from {least} to {most}, and "
+                f"{workers} workers cannot share this run's {streams} input streams evenly (the order of its batches "
+                f"is defined over them, and each worker reads a whole number of them): every number in the range "
+                f"must be {config_lib.spoken_list(config_lib.divisors(streams))} ({fits}); a new run may set "
+                f"input_streams to a multiple of {math.lcm(*range(least, most + 1))}"
+            )
+
+
+def widest_range(streams: int) -> tuple[int, int] | None:
+    """(MIN, MAX), the widest run of consecutive worker counts that all divide streams (the highest of equals):
+    (1, 2) for 8, (1, 4) for 12; None when no two consecutive counts do (1, 3 or 9 streams)."""
+    divisors = config_lib.divisors(streams)
+    runs = [(low, high) for low in divisors for high in divisors if set(range(low, high + 1)) <= set(divisors)]
+    low, high = max(runs, key=lambda run: (run[1] - run[0], run[1]))
+    return (low, high) if high > low else None
 
 
 def absolute(paths: outputs.Paths) -> outputs.Paths:
@@ -473,7 +509,6 @@ class Journal:
     def __init__(self):
         self.events: list[tuple[float, str, object]] = []
         self.stop_signal: str | None = None
-        self.trained_by: int | None = None  # the workers of the last group that trained in this job
 
     def add(self, kind: str, payload):
         self.events.append((time.time(), kind, payload))
@@ -482,13 +517,13 @@ class Journal:
         events, self.events = self.events, []
         return events
 
-    def training(self, workers: int, step: int):
+    def training(self, step: int):
         """The chief's group has restored its checkpoint (or found none) and starts training."""
-        self.trained_by = workers
         self.add("training", step)
 
-    def written_with(self) -> int | None:
-        return self.trained_by
+    def arrived(self):
+        """Nothing: a caller that waits for it knows that its calls before it have run (one caller's calls to an
+        actor run in order)."""
 
     def request_stop(self, signal_name: str):
         self.stop_signal = self.stop_signal or signal_name
@@ -569,6 +604,11 @@ class StopFromDriver:
     def stopped(self):
         pass
 
+    @contextlib.contextmanager
+    def waiting(self, what: str):
+        """No watchdog to name the wait to: the driver ends workers that do not stop in time (STOP_GRACE_SECONDS)."""
+        yield
+
 
 class LinesToDriver(io.TextIOBase):
     """The chief's stderr: its trainer.task lines go to the driver (through the Journal), everything else to the
@@ -616,8 +656,7 @@ def train_on_worker(settings: dict):
                 raise  # Ray restarts the group
             return {"exit_code": error.exit_code, "message": str(error)}
         finally:
-            # Returns once every line sent before it has arrived (one caller's calls to an actor keep their order).
-            ray.get(journal.written_with.remote())
+            ray.get(journal.arrived.remote())  # every line sent before it has arrived
 
 
 def train_here(settings: dict, journal, rank: int, workers: int) -> int:
@@ -632,13 +671,6 @@ def train_here(settings: dict, journal, rank: int, workers: int) -> int:
     if state == "finished":
         return 0
     journal.add.remote("joined", (rank, workers, f"pid {os.getpid()} on {ray.util.get_node_ip_address()}"))
-    written_with = ray.get(journal.written_with.remote())
-    if state == "resume" and written_with not in (None, workers):
-        raise cli.FaultError(
-            f"Ray restarted the job on {count(workers, 'worker')}, but its checkpoints were written by "
-            f"{written_with}: resuming on another number of workers would change the order of the batches, which "
-            f"this trainer does not do yet; run the same command again once {written_with} workers can be had"
-        )
     builder = input_pipeline.load_builder(settings["data_dir"], config["size"])
     plan = train.plan_run(builder, config)
     strategy = distribution.make_strategy(config, cluster)
@@ -647,7 +679,7 @@ def train_here(settings: dict, journal, rank: int, workers: int) -> int:
         argparse.Namespace(tf_data_service=None), config, cluster, paths, builder, plan, strategy, stop, state
     )
     if rank == 0:
-        journal.training.remote(workers, position.step if position else 0)
+        journal.training.remote(position.step if position else 0)
     # The driver holds model_dir for the whole job (trainer.model_dir_lock); the chief writes under its hold.
     return task.train_and_finish(config, cluster, paths, builder, stop, loop, position)
 
