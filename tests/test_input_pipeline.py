@@ -6,6 +6,7 @@ import collections
 import json
 import os
 import shutil
+import threading
 import zlib
 
 import numpy as np
@@ -225,6 +226,22 @@ def test_every_input_pipeline_validates_its_part_of_the_same_first_records(build
             assert {len(labels) for _, labels in batches} == {16 // replicas}
             parts += [path.tobytes() for paths, _ in batches for path in paths.numpy()]
         assert parts == whole
+
+
+def test_a_shard_cut_short_skipped_when_asked_leaves_full_batches_from_what_is_left(small_data_dir, tmp_path):
+    """Seven of the eight input streams lose every record: the eighth fills their place, and the stream goes on
+    (each stream reads a bounded number of passes: an endless one with nothing left would never yield)."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(small_data_dir, data_dir)
+    (shard,) = data_dir.rglob("*-train.tfrecord-*")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 8 + 40])
+    cut_short = input_pipeline.load_builder(str(data_dir), SMALL["size"])
+    batches, reader = [], threading.Thread(target=lambda: batches.extend(paths_of(
+        training(cut_short, steps_per_epoch=2, epochs=1, skip_corrupt_records=True), 6)), daemon=True)  # fmt: skip
+    reader.start()
+    reader.join(timeout=60)
+    assert not reader.is_alive(), "no training batch within 60 s"
+    assert len(batches) == 6 * 16 and len(set(batches)) < SMALL["num_train"] // 8
 
 
 def test_a_dataset_without_the_path_feature_is_refused_with_what_to_do(small_data_dir, tmp_path):

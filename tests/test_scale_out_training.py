@@ -72,8 +72,8 @@ def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(small_
     chief_log, other_log = (tmp_path / "worker_0.log").read_text(), (tmp_path / "worker_1.log").read_text()
     assert "worker 0 (the chief) of 2 workers, 2 replicas in all" in chief_log
     assert "worker 1 (not the chief) of 2 workers" in other_log
-    # One training shard for two input pipelines: each keeps one record in 2.
-    assert "input pipeline 1 of 2 reads one record in 2 of the 1 shard file(s)" in other_log
+    # Two input pipelines: each reads its half of the input streams.
+    assert "input pipeline 1 of 2 reads input streams 4-7 of 8 (50% of the training split each pass)" in other_log
     assert fingerprint(tmp_path / "worker_0.log") == fingerprint(tmp_path / "worker_1.log")
     for name in ["config.yaml", "export/saved_model.pb", "model.keras", "metrics.json", "history.json"]:
         assert (model_dir / name).is_file(), name

@@ -247,11 +247,18 @@ class StreamReader:
         turn, step after step: as batches of per_stream records (rebatch them to any size), which cost a
         fraction of handing the records one by one between the streams."""
         stream_ids = tf.constant(list(stream_ids), tf.int64) if isinstance(stream_ids, range | list) else stream_ids
+        # Passes enough for the epoch's share of every stream (each holds at least examples // streams a pass).
+        passes = -(-steps * per_stream // max(1, self.examples // self.streams))
 
         @tf.autograph.experimental.do_not_convert
         def epoch_of_stream(stream):
+            records = self.stream(epoch, stream, passes)
+            if self.segments.skip_corrupt:
+                # A stream may lose records to a damaged shard, all of them even: the others fill its place (the
+                # epoch then holds fewer steps, the next epoch's follow).
+                return records.batch(per_stream)
             # No more than the epoch takes: reading ahead would fill the next pass's first window.
-            return self.stream(epoch, stream).take(steps * per_stream).batch(per_stream)
+            return records.take(steps * per_stream).batch(per_stream)
 
         return tf.data.Dataset.from_tensor_slices(stream_ids).interleave(
             epoch_of_stream,
@@ -260,9 +267,9 @@ class StreamReader:
             deterministic=self.deterministic,
         )
 
-    def stream(self, epoch, stream) -> tf.data.Dataset:
-        """Stream `stream` of an epoch: its range of pass 0, of pass 1, ..., endless."""
-        return tf.data.Dataset.counter().flat_map(
+    def stream(self, epoch, stream, passes: int) -> tf.data.Dataset:
+        """Stream `stream` of an epoch: its range of pass 0, of pass 1, ... of pass passes - 1."""
+        return tf.data.Dataset.range(passes).flat_map(
             tf.autograph.experimental.do_not_convert(lambda number: self.stream_pass(epoch, number, stream))
         )
 
