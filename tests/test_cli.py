@@ -156,9 +156,11 @@ from pipeline import cli
 cli.STUCK_SECONDS = 3  # 20 s in the commands; shorter here, the mechanism is the same
 
 def main(argv):
+    import threading
     import tensorflow as tf
     queue = tf.queue.FIFOQueue(1, tf.int32)
-    print("waiting", flush=True)
+    # Said once the main thread has long been inside the call: a signal sent before would find Python's handler.
+    threading.Timer(2, print, ["waiting"], {"flush": True}).start()
     queue.dequeue()
 
 sys.exit(cli.run_main("demo", main, []))
