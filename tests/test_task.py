@@ -60,7 +60,9 @@ def test_workers_that_cannot_share_the_input_streams_are_refused_naming_those_th
     addresses = [f"localhost:{free_port()}" for _ in range(3)]
     cluster = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": 0}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
-    result = run_in_process("trainer.task", task(small_data_dir, tmp_path / "model"), capfd)
+    # Peers that never come given up soon: without the check the worker would wait for them, not be refused.
+    arguments = task(small_data_dir, tmp_path / "model", "--set", "peer_wait_seconds=5")
+    result = run_in_process("trainer.task", arguments, capfd)
     assert result.returncode == 2
     assert last_error_line(result, "trainer.task") == (
         "trainer.task: error: 3 workers cannot share this run's 8 input streams evenly (the order of its batches is "
