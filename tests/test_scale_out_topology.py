@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,16 +128,33 @@ def reference(small_data_dir, tmp_path_factory):
     return {"log": log, "weights": final_weights(root / "one_device"), "root": root, "data": small_data_dir}
 
 
-def stopped_then_resumed(reference, first: str, then: str, fault: str, fault_worker: int = 0):
-    """A run of setting `first` stopped by fault (SIGTERM: exit 143; SIGKILL), then the same command on setting
-    `then`; its model_dir."""
-    model_dir = reference["root"] / f"{first}_then_{then}"
-    stopped = train(first, model_dir, reference["data"], fault=fault, fault_worker=fault_worker)
+def stopped(reference, setting: str, fault: str, fault_worker: int = 0) -> tuple[Path, list[tuple[int, str]]]:
+    """A run of setting stopped by fault (SIGTERM: exit 143; SIGKILL): its model_dir and (exit code, log)s."""
+    model_dir = reference["root"] / f"{setting}_{fault.replace(':', '_')}"
+    ended = train(setting, model_dir, reference["data"], fault=fault, fault_worker=fault_worker)
     expected = 128 + signal.SIGTERM if fault.endswith("SIGTERM") else -signal.SIGKILL
-    assert stopped[fault_worker][0] == expected, stopped[fault_worker][1][-3000:]
-    for _, log in stopped:
+    assert ended[fault_worker][0] == expected, ended[fault_worker][1][-3000:]
+    for _, log in ended:
         assert digest(log, 0) == digest(reference["log"], 0)
-    step = re.findall(r"checkpoints/state/step_0*(\d+)", stopped[0][1])
+    return model_dir, ended
+
+
+@pytest.fixture(scope="module")
+def one_device_killed(reference):
+    """A one-device run killed (SIGKILL) at step 14, its last checkpoint step 12's: two tests resume copies."""
+    return stopped(reference, "one_device", "train_step:14")
+
+
+def stopped_then_resumed(reference, first: str, then: str, fault: str = "", fault_worker: int = 0, ended=None):
+    """A run of setting `first` stopped by fault (or a copy of ended, such a run), then the same command on setting
+    `then`; its model_dir."""
+    if ended:
+        model_dir = reference["root"] / f"{first}_then_{then}"
+        shutil.copytree(ended[0], model_dir)
+        ended = ended[1]
+    else:
+        model_dir, ended = stopped(reference, first, fault, fault_worker)
+    step = re.findall(r"checkpoints/state/step_0*(\d+)", ended[0][1])
     resumed = train(then, model_dir, reference["data"])
     all_ended(resumed, 0)
     for _, log in resumed:
@@ -155,8 +173,8 @@ def test_two_workers_stopped_by_sigterm_go_on_on_one_device_with_the_same_global
     stopped_then_resumed(reference, "two_workers", "one_device", "train_step:10:SIGTERM", fault_worker=1)
 
 
-def test_a_one_device_run_killed_goes_on_on_two_workers_with_the_same_global_batches(reference):
-    model_dir = stopped_then_resumed(reference, "one_device", "two_workers", "train_step:14")
+def test_a_one_device_run_killed_goes_on_on_two_workers_with_the_same_global_batches(reference, one_device_killed):
+    model_dir = stopped_then_resumed(reference, "one_device", "two_workers", ended=one_device_killed)
     assert (model_dir / "export" / "saved_model.pb").is_file()
 
 
@@ -164,10 +182,9 @@ def test_a_mirror_stopped_by_sigterm_goes_on_on_one_device_with_the_same_global_
     stopped_then_resumed(reference, "mirror", "one_device", "train_step:6:SIGTERM")
 
 
-def test_a_checkpoint_written_before_input_streams_resumes_and_says_its_order_changes(reference):
+def test_a_checkpoint_written_before_input_streams_resumes_and_says_its_order_changes(reference, one_device_killed):
     model_dir = reference["root"] / "older"
-    ((code, _),) = train("one_device", model_dir, reference["data"], fault="train_step:10")
-    assert code == -signal.SIGKILL
+    shutil.copytree(one_device_killed[0], model_dir)
     # What the trainer wrote before this version: no input_streams in the config, no topology.
     for manifest in model_dir.glob("checkpoints/state/*/manifest.json"):
         written = json.loads(manifest.read_text())
@@ -175,8 +192,8 @@ def test_a_checkpoint_written_before_input_streams_resumes_and_says_its_order_ch
         manifest.write_text(json.dumps(written))
     ((code, log),) = train("one_device", model_dir, reference["data"])
     assert code == 0, log[-3000:]
-    assert re.search(r"the checkpoint \S+step_000000008 was written by an older trainer, whose training order "
-                     r"depended on the number of workers: the run goes on at step 8 in the order of input_streams 8",
+    assert re.search(r"the checkpoint \S+step_000000012 was written by an older trainer, whose training order "
+                     r"depended on the number of workers: the run goes on at step 12 in the order of input_streams 8",
                      log), log[-3000:]  # fmt: skip
 
 
