@@ -51,8 +51,12 @@ def main(argv=None):
         args.pipelines = [int(count) for count in args.pipelines.split(",")]
     except ValueError:
         parser.error(f"--pipelines {args.pipelines}: expected whole numbers, e.g. 1,2,4,8")
-    if any(count < 1 or 8 % count for count in args.pipelines):
-        parser.error(f"--pipelines {args.pipelines}: each count must divide the 8 input streams (1, 2, 4 or 8)")
+    from trainer import config as config_lib
+
+    streams = config_lib.DEFAULTS["input_streams"]  # the trainer's, which the pipelines below read
+    if any(count < 1 or streams % count for count in args.pipelines):
+        parser.error(f"--pipelines {args.pipelines}: each count must divide the {streams} input streams "
+                     f"({config_lib.spoken_list(config_lib.divisors(streams))})")  # fmt: skip
     cli.quiet_tensorflow()
     with contextlib.ExitStack() as stack:
         data_dir = args.data_dir
