@@ -3,6 +3,7 @@ run as a user runs them (a subprocess, bounded) or in this process (for what onl
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pathlib
@@ -161,7 +162,17 @@ def mount_tmpfs(folder, size: str) -> str | None:
 
 
 def unmount(folder):
-    subprocess.run(["umount", str(folder)], check=True, timeout=60)
+    if subprocess.run(["umount", str(folder)], timeout=60).returncode != 0:
+        # Busy: a test that failed left a process in it. Detach it so the failure is reported once.
+        subprocess.run(["umount", "--lazy", str(folder)], check=True, timeout=60)
+
+
+def stop_session(process):
+    """Kills what is left of the session process leads (started with start_new_session=True) and reaps it."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
 
 
 def fill(folder):

@@ -26,6 +26,7 @@ from conftest import (
     run_in_process,
     snapshot,
     still_running_in_session,
+    stop_session,
     unmount,
 )
 
@@ -253,12 +254,17 @@ def test_a_dataset_too_big_for_the_disk_is_refused_before_writing(small_disk):
 def test_a_disk_that_fills_up_midway_ends_in_one_line_with_nothing_kept_and_then_builds(small_disk):
     settings = {"size": 16, "num_train": 150_000, "num_validation": 300, "num_test": 300, "seed": 0}
     config_folder = small_disk / "data" / "moving_line" / "size_16"
-    process, _ = run_until_writing(generate_args(small_disk / "data", settings), config_folder)
     filler = small_disk / "filler"
-    # Another program takes the space the estimate counted on.
-    with open(filler, "wb") as file, contextlib.suppress(OSError):
-        file.write(b"\0" * (40 << 20))
-    _, stderr = process.communicate(timeout=120)
+    # Another program takes the space the estimate counted on. Its file is made first: on a slow machine
+    # the build's own writes can leave no room to make one midway.
+    with open(filler, "wb") as file:
+        process, _ = run_until_writing(generate_args(small_disk / "data", settings), config_folder)
+        try:
+            with contextlib.suppress(OSError):
+                file.write(b"\0" * (40 << 20))
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            stop_session(process)
     assert process.returncode == 1, stderr
     assert "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == (
