@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import pathlib
 import re
@@ -64,6 +65,55 @@ def start(args, log_path, env=None):
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+FAULTS = os.path.join(REPO, "tests", "fault_injection")  # a sitecustomize module: FAULT_AT=point dies there
+
+
+def start_trainers(args, workers: int, log_prefix: str, fault=None, fault_worker: int = 0, env=None):
+    """`python -m trainer.task *args` in the background: one process, or workers of one job (TF_CONFIG on localhost);
+    fault: FAULT_AT for worker fault_worker (tests/fault_injection). Each one's output goes to LOG_PREFIX.<index>.log;
+    finish_trainers() waits for them."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
+    processes = []
+    for index in range(workers):
+        process_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        if workers > 1:
+            cluster = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+            process_env["TF_CONFIG"] = json.dumps(cluster)
+        if fault and index == fault_worker:
+            process_env.update(PYTHONPATH=FAULTS, FAULT_AT=fault)
+        log = open(f"{log_prefix}.{index}.log", "w")  # noqa: SIM115 - closed by finish_trainers()
+        command = [sys.executable, "-m", "trainer.task", *map(str, args)]
+        processes.append((subprocess.Popen(command, cwd=REPO, env=process_env, stdout=log, stderr=log), log))
+    return processes
+
+
+def finish_trainers(processes, timeout: float = 300) -> list[tuple[int, str]]:
+    """(exit code, log) of each process of start_trainers(), once all have ended; once one was killed the others are
+    (the job is lost). Past timeout they are killed and the test fails."""
+    deadline = time.monotonic() + timeout
+    try:
+        while any(process.poll() is None for process, _ in processes) and time.monotonic() < deadline:
+            if any(process.poll() in (-signal.SIGKILL, 128 + signal.SIGKILL) for process, _ in processes):
+                for process, _ in processes:
+                    if process.poll() is None:
+                        process.kill()
+            time.sleep(0.1)
+    finally:
+        late = [log.name for process, log in processes if process.poll() is None]
+        kill_trainers(processes)
+        assert not late, f"trainer.task still running after {timeout} s:\n{pathlib.Path(late[0]).read_text()[-3000:]}"
+    return [(process.returncode, pathlib.Path(log.name).read_text()) for process, log in processes]
+
+
+def kill_trainers(processes):
+    """Kills what is left of start_trainers()' processes, reaps them and closes their logs."""
+    for process, log in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        log.close()
 
 
 def wait_for(log_path, pattern: str, processes, timeout: float) -> re.Match:

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,27 +22,27 @@ import pytest
 from conftest import (
     BOTH_CORES,
     QUICK_TRAIN,
-    REPO,
     SMALL,
-    free_port,
+    finish_trainers,
     generate_args,
+    kill_trainers,
     last_error_line,
     run_command,
     snapshot,
+    start_trainers,
 )
 
 from pipeline import contract
 
 pytestmark = pytest.mark.slow
 
-FAULTS = os.path.join(REPO, "tests", "fault_injection")
 SHARD = f"moving_line/size_8/{contract.VERSION}/moving_line-{{split}}.tfrecord-00000-of-00001"
 # 3 epochs of 20 steps, a checkpoint every 5 steps (and each epoch), 2 validation steps: checkpoints at
 # steps 5, 10, 15, 20 (epoch 1), 25, ...
 CONFIG = ["--config", "configs/smoke.yaml", "--set", "deterministic=true", "--set", "epochs=3", "--set",
           "steps_per_epoch=20", "--set", "checkpoint_every_steps=5", "--set", "test_after_training=false"]  # fmt: skip
 SETTINGS = {
-    "one_device": [],
+    "one_device": ["--set", "xla_layers=true"],  # the default: exact resume with XLA's layers too
     "mirror": ["--set", "logical_cpu_devices=2"],  # split the CPU in two and mirror over both (docs/training.md)
     "two_workers": [],
 }
@@ -56,43 +55,13 @@ STOP_SECONDS = 30  # Kubernetes waits 30 s after SIGTERM before it kills; room f
 
 
 def start(setting: str, model_dir, data_dir, *extra, fault: str | None = None, fault_worker: int = 0, env=None):
-    """The trainer in the background: one process, or two workers with TF_CONFIG on localhost; their logs."""
-    base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    command = [sys.executable, "-m", "trainer.task", *CONFIG, *SETTINGS[setting], *extra,
-               "--data_dir", str(data_dir), "--model_dir", str(model_dir)]  # fmt: skip
+    """The trainer in the background: one process, or two workers; their logs are MODEL_DIR.worker.<index>.log."""
+    args = [*CONFIG, *SETTINGS[setting], *extra, "--data_dir", data_dir, "--model_dir", model_dir]
     workers = 2 if setting == "two_workers" else 1
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
-    processes = []
-    for index in range(workers):
-        process_env = dict(base)
-        if workers > 1:
-            cluster = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-            process_env["TF_CONFIG"] = json.dumps(cluster)
-        if fault and index == fault_worker:
-            process_env.update(PYTHONPATH=FAULTS, FAULT_AT=fault)
-        log = open(f"{model_dir}.worker{index}.log", "w")  # noqa: SIM115 - closed by finish()
-        processes.append((subprocess.Popen(command, cwd=REPO, env=process_env, stdout=log, stderr=log), log))
-    return processes
+    return start_trainers(args, workers, f"{model_dir}.worker", fault=fault, fault_worker=fault_worker, env=env)
 
 
-def finish(processes, timeout: float = 300) -> list[tuple[int, str]]:
-    """Waits for every process (the others are killed once one of them was killed); (exit code, log) each."""
-    deadline = time.monotonic() + timeout
-    try:
-        while any(process.poll() is None for process, _ in processes) and time.monotonic() < deadline:
-            if any(process.poll() == -signal.SIGKILL or process.poll() == 137 for process, _ in processes):
-                # One worker was killed: the job is lost; end the other rather than wait for it to notice.
-                for process, _ in processes:
-                    if process.poll() is None:
-                        process.kill()
-            time.sleep(0.1)
-    finally:
-        for process, log in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            log.close()
-    return [(process.returncode, Path(log.name).read_text()) for process, log in processes]
+finish = finish_trainers
 
 
 def train(setting, model_dir, data_dir, *extra, **kwargs) -> list[tuple[int, str]]:
@@ -121,35 +90,42 @@ def settings_of(*names):
     return [in_group(setting) for setting in names]
 
 
+REPLICAS = {"one_device": "1 replica in all", "mirror": "2 replicas in all", "two_workers": "2 replicas in all"}
+
+
+def uninterrupted(setting, model_dir, data_dir) -> dict:
+    """A run of setting never stopped: its fingerprint, chief's log and history."""
+    results = train(setting, model_dir, data_dir)
+    assert [code for code, _ in results] == [0] * len(results), chief_log(results)[-3000:]
+    assert REPLICAS[setting] in chief_log(results), chief_log(results)[-3000:]
+    return {"fingerprint": fingerprint(chief_log(results)), "log": chief_log(results),
+            "history": (model_dir / "history.csv").read_text()}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def references(small_data_dir, tmp_path_factory):
-    """reference(setting): two uninterrupted runs of the setting (their fingerprints and histories), made the
-    first time a test asks for them (a parametrized fixture would be made again whenever tests of two
-    settings alternate on one worker)."""
+    """reference(setting): an uninterrupted run of the setting (its fingerprint and history), made the first time
+    a test asks for it (a parametrized fixture would be made again whenever tests of two settings alternate on one
+    worker). A stopped run of the setting that ends with its weights also shows that runs of it are repeatable."""
     made = {}
 
     def reference(setting: str) -> dict:
         if setting not in made:
             root = tmp_path_factory.mktemp(setting)
-            runs = []
-            for name in ("first", "second"):
-                results = train(setting, root / name, small_data_dir)
-                assert [code for code, _ in results] == [0] * len(results), results[0][1][-3000:]
-                runs.append({"fingerprint": fingerprint(chief_log(results)), "log": chief_log(results),
-                             "history": (root / name / "history.csv").read_text()})  # fmt: skip
+            runs = [uninterrupted(setting, root / "first", small_data_dir)]
             made[setting] = {"setting": setting, "runs": runs, "root": root, "data": small_data_dir}
         return made[setting]
 
     return reference
 
 
-@pytest.mark.parametrize("setting", settings_of(*SETTINGS))
-def test_two_uninterrupted_runs_end_with_identical_weights(references, setting):
-    first, second = references(setting)["runs"]
+@pytest.mark.xdist_group("faults_training_one_device")
+def test_two_uninterrupted_runs_end_with_identical_weights(references):
+    """The plainest promise, on one device (the mirror and two workers show it by resuming exactly, below)."""
+    reference = references("one_device")
+    first, second = reference["runs"][0], uninterrupted("one_device", reference["root"] / "second", reference["data"])
     assert first["fingerprint"] == second["fingerprint"]
     assert first["history"] == second["history"] and len(first["history"].splitlines()) == 4
-    replicas = {"one_device": "1 replica in all", "mirror": "2 replicas in all", "two_workers": "2 replicas in all"}
-    assert replicas[setting] in first["log"], first["log"][-3000:]
 
 
 def killed(setting, model_dir, data_dir, point: str, worker: int = 0):
@@ -213,24 +189,24 @@ def test_a_mirror_killed_mid_checkpoint_write_ends_as_if_never_stopped(reference
     ends_as_if_never_stopped("mirror", model_dir, reference, resumes_at=10)
 
 
-@pytest.mark.parametrize(
-    ("setting", "signal_name"), [in_group("one_device", "SIGINT"), in_group("two_workers", "SIGTERM")]
-)
+# SIGTERM to one of two workers (as to one preempted pod): test_scale_out_topology.py, where they go on on one device.
+@pytest.mark.parametrize(("setting", "signal_name"), [in_group("one_device", "SIGINT")])
 def test_ctrl_c_or_sigterm_stops_within_seconds_with_one_line_and_a_checkpoint_and_the_rerun_ends_as_if_never_stopped(
     references, setting, signal_name
 ):
-    """Ctrl-C on one device (a terminal sends SIGINT to the trainer's one process), SIGTERM to one of two workers (as a
-    scheduler does): the step in progress finishes, a checkpoint of that step is written, one line each."""
+    """Ctrl-C on one device (a terminal sends SIGINT to the trainer's one process): the step in progress finishes, a
+    checkpoint of that step is written, one line. Kept general over settings and signals: one more parameter is one
+    more case."""
     reference = references(setting)
     model_dir = reference["root"] / signal_name.lower()
     number = getattr(signal, signal_name)
     processes = start(setting, model_dir, reference["data"])
     target = processes[-1][0]  # with two workers, only the second is told to stop: both must
     deadline = time.monotonic() + 240
-    log = Path(f"{model_dir}.worker{len(processes) - 1}.log")
+    log = Path(f"{model_dir}.worker.{len(processes) - 1}.log")
     while "first step of this run" not in log.read_text():
         if time.monotonic() > deadline or target.poll() is not None:
-            finish(processes, timeout=0)
+            kill_trainers(processes)
             pytest.fail(f"the run ended before its first step:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
     target.send_signal(number)
@@ -372,7 +348,7 @@ def test_a_second_run_on_a_model_dir_a_live_run_holds_is_refused_and_a_killed_ho
             time.sleep(0.05)
         first.kill()  # as the out-of-memory killer does: no clean-up at all
     finally:
-        finish([(first, log)], timeout=0)
+        kill_trainers([(first, log)])
     assert "learning_rate: 0.01" in (model_dir / "config.yaml").read_text()  # the second run wrote nothing
 
     code, log = train("one_device", model_dir, one_device["data"])[0]

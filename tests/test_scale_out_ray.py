@@ -104,10 +104,11 @@ def test_a_cluster_with_too_few_cpus_for_the_workers_is_refused_in_one_line_and_
     assert snapshot(tmp_path, small_data_dir) == before
 
 
-def test_ctrl_c_stops_the_workers_after_a_checkpoint_and_a_worker_killed_mid_run_costs_a_restart_not_the_job(
+def test_ctrl_c_stops_the_workers_past_max_failures_a_lost_worker_ends_the_job_else_it_costs_a_restart(
     ray_cluster, small_data_dir, tf_config_reference, tmp_path, capfd
 ):
-    """One job stopped by Ctrl-C, then run again with one of its workers killed mid-run: it ends with the weights
+    """One job stopped by Ctrl-C, run again with --max_failures 0 and a worker killed (it gives up), then run again
+    with one of its workers killed mid-run: it ends with the weights
     of two TF_CONFIG workers never interrupted (so Ray's two workers train as trainer.task's, and both the stop
     and the restart resume exactly)."""
     model_dir = tmp_path / "model"
@@ -127,6 +128,25 @@ def test_ctrl_c_stops_the_workers_after_a_checkpoint_and_a_worker_killed_mid_run
     step = int(re.search(r"stopped by SIGINT at step (\d+) \(training of epoch 1\); the last checkpoint is "
                          r"\S+ \(step \1\); run the same command again to resume$", line).group(1))  # fmt: skip
     assert (model_dir / "checkpoints" / "state" / f"step_{step:09d}" / "manifest.json").is_file()
+
+    # Past --max_failures (0 here) a lost worker ends the job: one line naming it, exit 1, the checkpoint kept.
+    driver = start([*command, "--max_failures", "0"], tmp_path / "gave_up.log")
+    try:
+        worker_1 = int(wait_for(tmp_path / "gave_up.log", r"worker 1 \(pid (\d+) on ", [driver], 300).group(1))
+        wait_for(tmp_path / "gave_up.log", r"\] first step of this run", [driver], timeout=300)
+        os.kill(worker_1, signal.SIGKILL)
+        assert ended_within(driver, 120, "trainer.ray_job after its one worker was killed, --max_failures 0") == 1
+    finally:
+        driver.kill()
+    gave_up = (tmp_path / "gave_up.log").read_text()
+    own_lines_only(gave_up)
+    assert f"resuming at step {step} of {TOTAL_STEPS}" in gave_up
+    gave_up_line = last_error_line(subprocess.CompletedProcess([], 1, "", gave_up), "trainer.ray_job")
+    assert re.fullmatch(
+        r"trainer\.ray_job: error: Ray gave up after 0 restarts \(--max_failures 0\): worker 1 was lost \(its "
+        r"process or its node is gone: \w+\); run the same command again to resume from the last checkpoint",
+        gave_up_line,
+    ), gave_up_line
 
     # The same command resumes; a second job on the same model_dir is refused meanwhile; worker 1 killed mid-run.
     driver = start(command, tmp_path / "resumed.log")

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BOTH_CORES, REPO, SMALL, free_port
+from conftest import BOTH_CORES, REPO, SMALL, finish_trainers, free_port, start_trainers
 
 pytestmark = [pytest.mark.slow, BOTH_CORES]  # two workers, or a trainer and the service's processes
 
-FAULTS = os.path.join(REPO, "tests", "fault_injection")
 TOLERANCE = 1e-4
 # 2 epochs of 24 steps of 16, a checkpoint every 4 steps; Adam at 0.001 (see TOLERANCE).
 CONFIG = ["--config", "configs/smoke.yaml", "--set", "batch_size=16", "--set", "learning_rate=0.001",
@@ -49,44 +48,13 @@ DESCRIBED = {
 
 
 def start(setting, model_dir, data_dir, *extra, fault=None, fault_worker=0):
-    """trainer.task in the background as setting (two workers: TF_CONFIG on localhost); fault: FAULT_AT for one
-    process (tests/fault_injection). Each process's output goes to MODEL_DIR.<setting>.<index>.log."""
-    command = [sys.executable, "-m", "trainer.task", *CONFIG, *SETTINGS[setting], *extra,
-               "--data_dir", str(data_dir), "--model_dir", str(model_dir)]  # fmt: skip
+    """trainer.task in the background as setting; each process's output goes to MODEL_DIR.<setting>.<index>.log."""
+    args = [*CONFIG, *SETTINGS[setting], *extra, "--data_dir", data_dir, "--model_dir", model_dir]
     workers = 2 if setting == "two_workers" else 1
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
-    processes = []
-    for index in range(workers):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        if workers > 1:
-            cluster = {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
-            env["TF_CONFIG"] = json.dumps(cluster)
-        if fault and index == fault_worker:
-            env.update(PYTHONPATH=FAULTS, FAULT_AT=fault)
-        log = open(f"{model_dir}.{setting}.{index}.log", "w")  # noqa: SIM115 - closed by finish()
-        processes.append((subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log), log))
-    return processes
+    return start_trainers(args, workers, f"{model_dir}.{setting}", fault=fault, fault_worker=fault_worker)
 
 
-def finish(processes, timeout: float = 300) -> list[tuple[int, str]]:
-    """(exit code, log) of each process, once all have ended (killed past timeout, and the test fails)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while any(process.poll() is None for process, _ in processes) and time.monotonic() < deadline:
-            if any(process.poll() in (-signal.SIGKILL, 137) for process, _ in processes):
-                for process, _ in processes:  # one worker was killed: the job is lost
-                    if process.poll() is None:
-                        process.kill()
-            time.sleep(0.1)
-    finally:
-        for process, log in processes:
-            late = process.poll() is None
-            if late:
-                process.kill()
-            process.wait()
-            log.close()
-            assert not late, f"trainer.task still running after {timeout} s:\n{Path(log.name).read_text()[-3000:]}"
-    return [(process.returncode, Path(log.name).read_text()) for process, log in processes]
+finish = finish_trainers
 
 
 def train(setting, model_dir, data_dir, *extra, **fault) -> list[tuple[int, str]]:
@@ -136,6 +104,19 @@ def stopped(reference, setting: str, fault: str, fault_worker: int = 0) -> tuple
     assert ended[fault_worker][0] == expected, ended[fault_worker][1][-3000:]
     for _, log in ended:
         assert digest(log, 0) == digest(reference["log"], 0)
+    if fault.endswith("SIGTERM"):
+        # One process got it (as one preempted pod does): every worker finishes the step, stops at the same one and
+        # says so in one line; the chief saves that step.
+        steps = set()
+        for code, log in ended:
+            assert code == 128 + signal.SIGTERM and "Traceback" not in log, log[-3000:]
+            line = log.strip().splitlines()[-1]
+            found = re.fullmatch(r"trainer\.task: error: stopped by SIGTERM at step (\d+) .*; run the same command "
+                                 r"again to resume", line)  # fmt: skip
+            assert found, line
+            steps.add(int(found.group(1)))
+        assert len(steps) == 1, steps
+        assert (model_dir / "checkpoints" / "state" / f"step_{steps.pop():09d}" / "manifest.json").is_file()
     return model_dir, ended
 
 

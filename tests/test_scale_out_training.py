@@ -67,10 +67,12 @@ def fingerprint(log_path) -> str:
 
 def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(small_data_dir, tmp_path):
     model_dir = tmp_path / "model"
-    workers = start_workers(small_data_dir, model_dir, tmp_path)
+    # XLA's layers, as by default (configs/smoke.yaml turns them off): two workers compile them alike.
+    workers = start_workers(small_data_dir, model_dir, tmp_path, "--set", "xla_layers=true")
     assert finish(workers, timeout=240) == [0, 0], (tmp_path / "worker_0.log").read_text()[-3000:]
     chief_log, other_log = (tmp_path / "worker_0.log").read_text(), (tmp_path / "worker_1.log").read_text()
     assert "worker 0 (the chief) of 2 workers, 2 replicas in all" in chief_log
+    assert "each replica's forward and backward pass compiled by XLA" in chief_log
     assert "worker 1 (not the chief) of 2 workers" in other_log
     # Two input pipelines: each reads its half of the input streams.
     assert "input pipeline 1 of 2 reads input streams 4-7 of 8 (50% of the training split each pass)" in other_log

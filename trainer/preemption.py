@@ -51,13 +51,32 @@ SUPERVISED = READY_FD_VARIABLE in os.environ
 LEAVE_SECONDS = 10.0
 
 
-class StopRequest:
+class Stop:
+    """What trainer.train's Loop reads of a request to stop: whether one came (before each step), and the signal
+    that asked (its name for the last line, its exit code)."""
+
+    def __init__(self):
+        self.signal_number: int | None = None
+        self.resume_hint = "nothing was saved yet"
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    @property
+    def exit_code(self) -> int:
+        return cli.interrupted_exit(self.signal_number)
+
+    def name(self) -> str:
+        return signal.Signals(self.signal_number).name
+
+
+class StopRequest(Stop):
     """The first SIGTERM or SIGINT, noted for the training loop; a watchdog exits if the loop is too slow."""
 
     def __init__(self, prog: str):
+        super().__init__()
         self.prog = prog
-        self.signal_number: int | None = None
-        self.resume_hint = "nothing was saved yet"
         # What the loop is waiting for, when it waits for something that may never come (said if the watchdog ends it).
         self.waiting_for: str | None = None
         self._stopped = threading.Event()
@@ -97,17 +116,6 @@ class StopRequest:
             os.close(read)
 
         threading.Thread(target=watch, name="stop-signal-watch", daemon=True).start()
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_number is not None
-
-    @property
-    def exit_code(self) -> int:
-        return cli.interrupted_exit(self.signal_number)
-
-    def name(self) -> str:
-        return signal.Signals(self.signal_number).name
 
     def stopped(self):
         """The loop has stopped and saved: the watchdog has nothing to do."""

@@ -92,10 +92,7 @@ def positive_seconds(text: str) -> float:
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="A flat YAML config, e.g. configs/default.yaml.")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config key.")
-    parser.add_argument("--data_dir", required=True, help="TFDS data_dir holding moving_line/size_S (every node).")
-    parser.add_argument("--model_dir", default=os.environ.get("AIP_MODEL_DIR"), help="Where the run writes.")
+    task.add_run_flags(parser, data_dir_help="TFDS data_dir holding moving_line/size_S (every node).")
     parser.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
@@ -125,8 +122,7 @@ def parse_args(argv=None):
         "--dashboard", action="store_true", help="Start Ray's dashboard with the Ray instance this command starts."
     )
     args = parser.parse_args(argv)
-    if not args.model_dir:
-        raise cli.UsageError("--model_dir is required (or set AIP_MODEL_DIR)")
+    task.check_run_flags(args)
     if args.dashboard and args.address:
         raise cli.UsageError("--dashboard applies to the Ray instance this command starts; without --address only")
     return args
@@ -563,15 +559,14 @@ def describe_worker_failure(error: BaseException) -> str:
 # What runs in each Ray worker.
 
 
-class StopFromDriver:
-    """trainer.preemption.StopRequest's part that trainer.train's Loop reads, fed by the driver's request (through
-    the Journal) instead of a signal: the Loop reads `requested` before each step, and every worker stops at the
-    same step. The request is fetched in the background, so a step never waits for it."""
+class StopFromDriver(preemption.Stop):
+    """A stop fed by the driver's request (through the Journal) instead of a signal: the Loop reads `requested`
+    before each step, and every worker stops at the same step. The request is fetched in the background, so a step
+    never waits for it."""
 
     def __init__(self, journal):
+        super().__init__()
         self.journal = journal
-        self.signal_number: int | None = None
-        self.resume_hint = "nothing was saved yet"
         self.pending = journal.stop_requested.remote()
 
     @property
@@ -587,13 +582,6 @@ class StopFromDriver:
                 else:
                     self.pending = self.journal.stop_requested.remote()
         return self.signal_number is not None
-
-    @property
-    def exit_code(self) -> int:
-        return cli.interrupted_exit(self.signal_number)
-
-    def name(self) -> str:
-        return signal.Signals(self.signal_number).name
 
     def install(self):
         pass  # no signal reaches a Ray worker: Ray ends workers by killing them

@@ -31,18 +31,27 @@ PROG = "trainer.task"
 SKIP_HINT = "--set skip_corrupt_records=true"
 
 
-def parse_args(argv=None):
-    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+def add_run_flags(parser, data_dir_help: str = "TFDS data_dir holding moving_line/size_S."):
+    """The flags that name a run: --config, --set, --data_dir, --model_dir (trainer.ray_job takes them too)."""
     parser.add_argument("--config", required=True, help="A flat YAML config, e.g. configs/default.yaml.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config key.")
-    parser.add_argument("--data_dir", required=True, help="TFDS data_dir holding moving_line/size_S.")
+    parser.add_argument("--data_dir", required=True, help=data_dir_help)
     parser.add_argument("--model_dir", default=os.environ.get("AIP_MODEL_DIR"), help="Where the run writes.")
+
+
+def check_run_flags(args):
+    if not args.model_dir:
+        raise cli.UsageError("--model_dir is required (or set AIP_MODEL_DIR)")
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    add_run_flags(parser)
     parser.add_argument(
         "--tf_data_service", metavar="grpc://HOST:PORT", help="A tf.data service dispatcher that makes the batches."
     )
     args = parser.parse_args(argv)
-    if not args.model_dir:
-        raise cli.UsageError("--model_dir is required (or set AIP_MODEL_DIR)")
+    check_run_flags(args)
     return args
 
 
