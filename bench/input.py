@@ -47,15 +47,16 @@ def main(argv=None):
     parser.add_argument("--batches", type=cli.positive_int, default=300)
     parser.add_argument("--pipelines", default="1,2,4,8", help="Comma-separated input pipeline counts (workers).")
     args = parser.parse_args(argv)
+    given = args.pipelines
     try:
-        args.pipelines = [int(count) for count in args.pipelines.split(",")]
+        args.pipelines = [int(count) for count in given.split(",")]
     except ValueError:
-        parser.error(f"--pipelines {args.pipelines}: expected whole numbers, e.g. 1,2,4,8")
+        parser.error(f"--pipelines {given}: expected whole numbers, e.g. 1,2,4,8")
     from trainer import config as config_lib
 
     streams = config_lib.DEFAULTS["input_streams"]  # the trainer's, which the pipelines below read
     if any(count < 1 or streams % count for count in args.pipelines):
-        parser.error(f"--pipelines {args.pipelines}: each count must divide the {streams} input streams "
+        parser.error(f"--pipelines {given}: each count must divide the {streams} input streams "
                      f"({config_lib.spoken_list(config_lib.divisors(streams))})")  # fmt: skip
     cli.quiet_tensorflow()
     with contextlib.ExitStack() as stack:

@@ -231,6 +231,20 @@ def check_reachable(path: str | None, flag: str):
         ) from None
 
 
+def run_and_exit(prog: str, main):
+    """A command's `python -m` entry: run_main, then exit with its code. After a stop signal the process ends without
+    Python's teardown: TensorFlow's threads may still be inside the interrupted work, and freeing the interpreter
+    under them can abort the process (`free(): invalid next size`) instead of exiting with the signal's code. By
+    then the command's line is printed and what it wrote is closed or removed."""
+    try:
+        code = run_main(prog, main)
+    except SystemExit as leaving:
+        code = leaving.code
+    if code in (interrupted_exit(signal.SIGINT), interrupted_exit(signal.SIGTERM)):
+        exit_at_once(code)
+    raise SystemExit(code)
+
+
 def exit_at_once(code: int):
     """Ends the process without Python's teardown: for a process whose work is done, written and closed.
 

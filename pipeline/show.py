@@ -272,4 +272,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli.run_main(PROG, main))
+    cli.run_and_exit(PROG, main)
