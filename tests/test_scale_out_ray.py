@@ -142,11 +142,10 @@ def test_ctrl_c_stops_the_workers_past_max_failures_a_lost_worker_ends_the_job_e
     own_lines_only(gave_up)
     assert f"resuming at step {step} of {TOTAL_STEPS}" in gave_up
     gave_up_line = last_error_line(subprocess.CompletedProcess([], 1, "", gave_up), "trainer.ray_job")
-    assert re.fullmatch(
-        r"trainer\.ray_job: error: Ray gave up after 0 restarts \(--max_failures 0\): worker 1 was lost \(its "
-        r"process or its node is gone: \w+\); run the same command again to resume from the last checkpoint",
-        gave_up_line,
-    ), gave_up_line
+    # Each failed worker named: worker 1 lost; worker 0, when it noticed first, failing on its lost peer.
+    assert gave_up_line.startswith("trainer.ray_job: error: Ray gave up after 0 restarts (--max_failures 0): ")
+    assert re.search(r"[:;] worker 1 was lost \(its process or its node is gone: \w+\)[;)]", gave_up_line), gave_up_line
+    assert gave_up_line.endswith("; run the same command again to resume from the last checkpoint"), gave_up_line
 
     # The same command resumes; a second job on the same model_dir is refused meanwhile; worker 1 killed mid-run.
     driver = start(command, tmp_path / "resumed.log")
