@@ -252,7 +252,8 @@ def main(argv=None):
     count = min(args.num, held)
     whole = f" (all it holds: --num {args.num} is more)" if args.num > held else ""
     cli.log(PROG, f"reading {count} {args.split} sequences{whole} from {folder}")
-    sequences = load_sequences(builder, args.split, count)
+    with cli.interrupts_deferred():  # a signal inside TensorFlow's read is raised once it returns, never dropped
+        sequences = load_sequences(builder, args.split, count)
     # Drawn under a name of its own (made here, so never a file of the user's), then renamed: never a half-drawn
     # file under the asked-for name.
     descriptor, partial = tempfile.mkstemp(
