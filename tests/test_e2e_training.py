@@ -17,8 +17,9 @@ from pipeline import generator
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e_training")]  # one worker: module fixtures
 
-# 3 epochs of 20 steps of 32: 1,920 sequences, well past what size 8 needs.
-TRAIN = ["--config", "configs/smoke.yaml", "--set", "epochs=3", "--set", "steps_per_epoch=20"]
+# 3 epochs of 20 steps of 32: 1,920 sequences, well past what size 8 needs; XLA's layers on, as by default.
+TRAIN = ["--config", "configs/smoke.yaml", "--set", "epochs=3", "--set", "steps_per_epoch=20",
+         "--set", "xla_layers=true"]  # fmt: skip
 MIRROR = ["--set", "logical_cpu_devices=2", "--set", "devices=[/cpu:0, /cpu:1]"]
 
 

@@ -42,7 +42,7 @@ SHARD = f"moving_line/size_8/{contract.VERSION}/moving_line-{{split}}.tfrecord-0
 CONFIG = ["--config", "configs/smoke.yaml", "--set", "deterministic=true", "--set", "epochs=3", "--set",
           "steps_per_epoch=20", "--set", "checkpoint_every_steps=5", "--set", "test_after_training=false"]  # fmt: skip
 SETTINGS = {
-    "one_device": [],
+    "one_device": ["--set", "xla_layers=true"],  # the default: exact resume with XLA's layers too
     "mirror": ["--set", "logical_cpu_devices=2"],  # split the CPU in two and mirror over both (docs/training.md)
     "two_workers": [],
 }

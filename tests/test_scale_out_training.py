@@ -67,7 +67,8 @@ def fingerprint(log_path) -> str:
 
 def test_two_workers_end_with_identical_weights_and_only_the_chief_writes(small_data_dir, tmp_path):
     model_dir = tmp_path / "model"
-    workers = start_workers(small_data_dir, model_dir, tmp_path)
+    # XLA's layers, as by default (configs/smoke.yaml turns them off): two workers compile them alike.
+    workers = start_workers(small_data_dir, model_dir, tmp_path, "--set", "xla_layers=true")
     assert finish(workers, timeout=240) == [0, 0], (tmp_path / "worker_0.log").read_text()[-3000:]
     chief_log, other_log = (tmp_path / "worker_0.log").read_text(), (tmp_path / "worker_1.log").read_text()
     assert "worker 0 (the chief) of 2 workers, 2 replicas in all" in chief_log

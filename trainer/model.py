@@ -347,7 +347,11 @@ class PathLSTM(keras.layers.Layer):
         kernel = tf.reshape(self.cell.kernel, (-1, filters, gates))  # [pool cells, filters, gates]
         # Time-major, so that the recurrence reads one frame's projections as one block. Each frame's
         # increment is a [1, 4 x filters] x [4 x filters, gates] product of its changes and their kernel rows.
-        rows = tf.reshape(tf.gather(kernel, tf.transpose(cells, (1, 0, 2))), (-1, touched, gates))
+        # The cells in time-major order, gathered rather than transposed: oneDNN's transpose of an integer tensor
+        # logs an error line on CPUs without its integer kernels.
+        batch_major_row = tf.range(frames)[:, None] + frames * tf.range(tf.shape(cells)[0])[None, :]  # [T, batch]
+        time_major_cells = tf.gather(tf.reshape(cells, (-1, cells.shape[2])), batch_major_row)
+        rows = tf.reshape(tf.gather(kernel, time_major_cells), (-1, touched, gates))
         changes = tf.reshape(tf.transpose(changes, (1, 0, 2, 3)), (-1, 1, touched))
         increments = tf.reshape(tf.matmul(changes, rows), (frames, -1, gates))  # [T, batch, gates]
         start = tf.matmul(empty, tf.reduce_sum(kernel, axis=0)) + self.cell.bias  # the empty frame's
