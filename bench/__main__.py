@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from pipeline import cli
+
 # name -> module whose main(argv) runs it.
 BENCHMARKS = {
     "generate": "bench.generate",
@@ -38,4 +40,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    cli.leave(main(sys.argv[1:]))

@@ -257,4 +257,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli.run_main(PROG, main))
+    cli.leave(cli.run_main(PROG, main))

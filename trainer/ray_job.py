@@ -673,4 +673,4 @@ def train_here(settings: dict, journal, rank: int, workers: int) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli.run_main(PROG, main))
+    cli.leave(cli.run_main(PROG, main))

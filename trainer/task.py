@@ -272,4 +272,4 @@ def run() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run())
+    cli.leave(run())
