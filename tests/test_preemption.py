@@ -1,5 +1,6 @@
 """trainer.preemption's own pieces, each in a real process."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,32 +73,42 @@ def test_the_supervisor_relays_its_workers_lines_less_the_distributed_runtimes_e
 # A stop requested while the main thread waits inside TensorFlow for something that never comes (as for a batch of a
 # tf.data service with no worker): Python's own handler would never run there.
 BLOCKED_IN_TENSORFLOW = """
+import sys
 import tensorflow as tf
 from trainer import preemption
 stop = preemption.StopRequest("trainer.task")
 stop.install()
 queue = tf.queue.FIFOQueue(1, tf.int32)
 print("waiting", flush=True)
-with stop.waiting("an element of an empty queue"):
+with stop.waiting("an element of an empty queue", at_once=sys.argv[1] == "at_once"):
     queue.dequeue()
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_ends_a_wait_inside_tensorflow_in_one_line_within_the_grace_period(number):
+@pytest.mark.parametrize(("number", "at_once"), [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_a_stop_signal_ends_a_wait_inside_tensorflow_in_one_line_within_the_grace_period(number, at_once):
+    """A run with steps to save waits the grace period for its step to finish (SIGTERM here); one that has taken
+    none ends at once (Ctrl-C here), and a second signal changes nothing: the first is the one named."""
     from trainer import preemption
 
-    waiting = subprocess.Popen([sys.executable, "-c", BLOCKED_IN_TENSORFLOW], cwd=REPO, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    command = [sys.executable, "-c", BLOCKED_IN_TENSORFLOW, "at_once" if at_once else "grace"]
+    waiting = subprocess.Popen(command, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert waiting.stdout.readline() == "waiting\n", waiting.stderr.read()
         waiting.send_signal(number)
+        sent = time.monotonic()
         if number == signal.SIGINT:
-            time.sleep(1)  # later (two signals sent at once reach their handlers in either order)
-            waiting.send_signal(signal.SIGTERM)  # a second signal changes nothing: the first is the one named
+            time.sleep(0.2)  # later (two signals sent at once reach their handlers in either order)
+            with contextlib.suppress(ProcessLookupError):
+                waiting.send_signal(signal.SIGTERM)
         code = ended_within(waiting, preemption.GRACE_SECONDS + 20, "a process waiting inside TensorFlow")
+        seconds = time.monotonic() - sent
         assert code == 128 + number
+        if at_once:
+            assert seconds < preemption.GRACE_SECONDS / 2, f"ended {seconds:.1f} s after the signal"
+        else:
+            assert seconds >= preemption.GRACE_SECONDS, f"ended {seconds:.1f} s after the signal, before its grace"
         assert waiting.stderr.read().strip().splitlines()[-1] == (
             f"trainer.task: error: stopped by {signal.Signals(number).name} while waiting for an element of an empty "
             "queue; nothing was saved yet; run the same command again to resume"

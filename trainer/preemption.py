@@ -77,8 +77,10 @@ class StopRequest(Stop):
     def __init__(self, prog: str):
         super().__init__()
         self.prog = prog
-        # What the loop is waiting for, when it waits for something that may never come (said if the watchdog ends it).
+        # What the loop is waiting for, when it waits for something that may never come (said if the watchdog ends it),
+        # and whether a stop then ends the command at once (no step of this run to finish or save).
         self.waiting_for: str | None = None
+        self.waiting_ends_at_once = False
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._wakeup: tuple[int, int] | None = None
@@ -122,14 +124,17 @@ class StopRequest(Stop):
         self._stopped.set()
 
     @contextlib.contextmanager
-    def waiting(self, what: str):
+    def waiting(self, what: str, at_once: bool = False):
         """Marks a wait that may not end by itself (what: "a batch from the tf.data service at ..."), for the watchdog's
-        line."""
-        self.waiting_for = what
+        line. at_once: a stop signal meanwhile ends the command without the grace period (the run has taken no step
+        that a checkpoint would keep)."""
+        self.waiting_for, self.waiting_ends_at_once = what, at_once
         try:
+            if at_once and self.requested:
+                self._end()  # the signal came before the wait began
             yield
         finally:
-            self.waiting_for = None
+            self.waiting_for, self.waiting_ends_at_once = None, False
 
     def _note(self, signal_number, frame):
         with self._lock:
@@ -139,8 +144,11 @@ class StopRequest(Stop):
         threading.Thread(target=self._watchdog, daemon=True).start()
 
     def _watchdog(self):
-        if self._stopped.wait(GRACE_SECONDS):
+        if self._stopped.wait(0 if self.waiting_ends_at_once else GRACE_SECONDS):
             return
+        self._end()
+
+    def _end(self):
         doing = f"while waiting for {self.waiting_for}" if self.waiting_for else "before the step in progress finished"
         print(
             f"{self.prog}: error: stopped by {self.name()} {doing}; "

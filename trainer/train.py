@@ -345,7 +345,8 @@ class Loop:
 
     def fetch(self, iterator):
         """next(iterator). A first batch long in coming is said (the tf.data service waits, silently, for a worker to
-        join its dispatcher), and a stop signal meanwhile ends the wait (trainer.preemption names it)."""
+        join its dispatcher), and a stop signal meanwhile ends the wait (trainer.preemption names it): at once while
+        this run has taken no step (there is nothing to save), else after the grace period."""
         if id(iterator) in self.fetched:
             return next(iterator)
         self.fetched.add(id(iterator))
@@ -356,7 +357,7 @@ class Loop:
         notice.daemon = True
         notice.start()
         try:
-            with self.stop.waiting(what):
+            with self.stop.waiting(what, at_once=not self.first_step_logged):
                 return next(iterator)
         finally:
             notice.cancel()
