@@ -1,4 +1,5 @@
 """python -m bench resume [--data_dir DIR] [--size 50] [--num_train 20000] [--batch_size 32] [--repeats 3]
+                         [--end_to_end_epochs 0,1.5,10.5]
 
 What resuming a run costs, side by side in one process:
   - the input position: seconds from a start at step s to the first batch of the trainer's stream
@@ -15,6 +16,7 @@ Ends with one JSON line.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -37,7 +39,23 @@ def parse_args(argv):
     parser.add_argument("--num_train", type=cli.positive_int, default=20_000, help="When generating.")
     parser.add_argument("--batch_size", type=cli.positive_int, default=32)
     parser.add_argument("--repeats", type=cli.positive_int, default=3, help="Timed runs of each (median kept).")
+    parser.add_argument(
+        "--end_to_end_epochs",
+        type=epochs_list,
+        default=[0.0, 1.5, 10.5],
+        help="Where trainer.task is started end to end, in epochs into a run (comma-separated; 0: a new run).",
+    )
     return parser.parse_args(argv)
+
+
+def epochs_list(text: str) -> list[float]:
+    try:
+        epochs = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers of epochs separated by commas, got {text!r}") from None
+    if any(not 0 <= value < 12 for value in epochs):
+        raise argparse.ArgumentTypeError(f"expected epochs from 0 to under 12 (the run's length), got {text!r}")
+    return list(dict.fromkeys(epochs))
 
 
 def main(argv):
@@ -119,9 +137,10 @@ def measure(args, data_dir: str, work: str) -> int:
     with open(config_path, "w") as file:
         yaml.safe_dump(config, file)
     end_to_end = {}
-    for name in ("start", "1.5 epochs", "10.5 epochs"):
+    for epochs in args.end_to_end_epochs:
+        name = f"{epochs:g} epochs" if epochs else "start"
         model_dir = os.path.join(work, f"run_{name.replace(' ', '_')}")
-        step = int(POSITIONS[name] * steps_per_epoch)
+        step = int(epochs * steps_per_epoch)
         if step:
             prepared = loop_in(model_dir)
             prepared.optimizer.iterations.assign(step)

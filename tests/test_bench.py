@@ -35,7 +35,7 @@ SMALLEST = {
         "--models=incremental",
     ],
     "step": ["--size=8", "--batch_sizes=8", "--rounds=1", "--round_seconds=0.2"],
-    "resume": ["--data_dir={data}", f"--size={SMALL['size']}", "--repeats=1"],
+    "resume": ["--data_dir={data}", f"--size={SMALL['size']}", "--repeats=1", "--end_to_end_epochs=10.5"],
 }
 
 

@@ -119,15 +119,6 @@ def references(small_data_dir, tmp_path_factory):
     return reference
 
 
-@pytest.mark.xdist_group("faults_training_one_device")
-def test_two_uninterrupted_runs_end_with_identical_weights(references):
-    """The plainest promise, on one device (the mirror and two workers show it by resuming exactly, below)."""
-    reference = references("one_device")
-    first, second = reference["runs"][0], uninterrupted("one_device", reference["root"] / "second", reference["data"])
-    assert first["fingerprint"] == second["fingerprint"]
-    assert first["history"] == second["history"] and len(first["history"].splitlines()) == 4
-
-
 def killed(setting, model_dir, data_dir, point: str, worker: int = 0):
     """A run of setting killed at point (on worker; the others are then stopped); the chief's log."""
     results = train(setting, model_dir, data_dir, fault=point, fault_worker=worker)

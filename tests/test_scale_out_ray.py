@@ -34,9 +34,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray_cluster")]
 # Long enough to stop or kill mid-run after the checkpoint of epoch 1 (epochs are seconds; starts are most of it).
 # Adam at 0.001, as test_scale_out_topology.py's: a resume on another number of workers then stays within its
 # TOLERANCE of a run never interrupted (the difference grows with the learning rate).
-LONGER = ["--config", "configs/smoke.yaml", "--set", "epochs=3", "--set", "steps_per_epoch=150",
+LONGER = ["--config", "configs/smoke.yaml", "--set", "epochs=2", "--set", "steps_per_epoch=150",
           "--set", "learning_rate=0.001", "--set", "test_after_training=false"]  # fmt: skip
-TOTAL_STEPS = 450
+TOTAL_STEPS = 300
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_ctrl_c_stops_the_workers_past_max_failures_a_lost_worker_ends_the_job_e
     assert resumed.strip().splitlines()[-1].startswith("[trainer.ray_job] done in ")
     assert "2 workers, 1 restart: " in resumed.strip().splitlines()[-1]
     assert fingerprint(resumed) == tf_config_reference["fingerprint"]
-    assert json.loads((model_dir / "history.json").read_text())["epoch"] == [1, 2, 3]
+    assert json.loads((model_dir / "history.json").read_text())["epoch"] == [1, 2]
     assert (model_dir / "export" / "saved_model.pb").is_file()
     print(f"restart: first step {seconds:.1f} s after worker 1 was killed ({restart.split('; ')[-1]})")
 
@@ -188,7 +188,7 @@ def test_a_node_lost_mid_run_with_workers_2_1_goes_on_with_one_worker(
     driver = start(ray_job(ray_cluster, small_data_dir, model_dir, "--workers", "2:1"), tmp_path / "elastic.log")
     try:
         wait_for(tmp_path / "elastic.log", r"\] 2 workers up", [driver], timeout=300)
-        wait_for(tmp_path / "elastic.log", r"\] epoch 1/3: ", [driver], timeout=300)
+        wait_for(tmp_path / "elastic.log", r"\] epoch 1/2: ", [driver], timeout=300)
         ray_cluster.kill_node("node2")
         lost = time.monotonic()
         restart = wait_for(tmp_path / "elastic.log", r"\] restart 1 of at most 3: .*", [driver], timeout=300).group(0)
@@ -204,7 +204,7 @@ def test_a_node_lost_mid_run_with_workers_2_1_goes_on_with_one_worker(
                      r"after the failure$", restart), restart  # fmt: skip
     assert "resuming on another topology: the checkpoint was written on 2 workers (2 replicas in all), this run " in log
     assert "on 1 worker, 1 restart: " in log.strip().splitlines()[-1]
-    assert json.loads((model_dir / "history.json").read_text())["epoch"] == [1, 2, 3]
+    assert json.loads((model_dir / "history.json").read_text())["epoch"] == [1, 2]
     import keras
 
     ours = keras.saving.load_model(model_dir / "model.keras").get_weights()
