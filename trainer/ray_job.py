@@ -593,7 +593,7 @@ class StopFromDriver(preemption.Stop):
         pass
 
     @contextlib.contextmanager
-    def waiting(self, what: str):
+    def waiting(self, what: str, at_once: bool = False):
         """No watchdog to name the wait to: the driver ends workers that do not stop in time (STOP_GRACE_SECONDS)."""
         yield
 
