@@ -70,6 +70,11 @@ class Stop:
     def name(self) -> str:
         return signal.Signals(self.signal_number).name
 
+    @contextlib.contextmanager
+    def waiting(self, what: str, at_once: bool = False):
+        """Marks a wait that may not end by itself; a stop with no watchdog has nothing to do with it."""
+        yield
+
 
 class StopRequest(Stop):
     """The first SIGTERM or SIGINT, noted for the training loop; a watchdog exits if the loop is too slow."""

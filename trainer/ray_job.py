@@ -592,10 +592,7 @@ class StopFromDriver(preemption.Stop):
     def stopped(self):
         pass
 
-    @contextlib.contextmanager
-    def waiting(self, what: str, at_once: bool = False):
-        """No watchdog to name the wait to: the driver ends workers that do not stop in time (STOP_GRACE_SECONDS)."""
-        yield
+    # waiting: Stop's, which does nothing: the driver ends workers that do not stop in time (STOP_GRACE_SECONDS).
 
 
 class LinesToDriver(io.TextIOBase):
