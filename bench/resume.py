@@ -30,6 +30,7 @@ import time
 from pipeline import cli
 
 POSITIONS = {"start": 0.0, "half an epoch": 0.5, "1.5 epochs": 1.5, "10.5 epochs": 10.5}
+RUN_EPOCHS = 12  # the length of the measured run, past every position
 
 
 def parse_args(argv):
@@ -53,8 +54,10 @@ def epochs_list(text: str) -> list[float]:
         epochs = [float(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers of epochs separated by commas, got {text!r}") from None
-    if any(not 0 <= value < 12 for value in epochs):
-        raise argparse.ArgumentTypeError(f"expected epochs from 0 to under 12 (the run's length), got {text!r}")
+    if any(not 0 <= value < RUN_EPOCHS for value in epochs):
+        raise argparse.ArgumentTypeError(
+            f"expected epochs from 0 to under {RUN_EPOCHS} (the run's length), got {text!r}"
+        )
     return list(dict.fromkeys(epochs))
 
 
@@ -88,7 +91,7 @@ def measure(args, data_dir: str, work: str) -> int:
     builder = input_pipeline.load_builder(data_dir, args.size)
     num_train = builder.info.splits["train"].num_examples
     steps_per_epoch = num_train // args.batch_size
-    config = {**config_lib.DEFAULTS, "size": args.size, "batch_size": args.batch_size, "epochs": 12,
+    config = {**config_lib.DEFAULTS, "size": args.size, "batch_size": args.batch_size, "epochs": RUN_EPOCHS,
               "deterministic": True, "validation_steps": 2, "verbose": 2, "test_after_training": False}  # fmt: skip
     results = {"benchmark": "resume", "size": args.size, "num_train": num_train, "batch_size": args.batch_size,
                "steps_per_epoch": steps_per_epoch, "cpus": os.cpu_count()}  # fmt: skip
