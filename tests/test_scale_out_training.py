@@ -28,6 +28,7 @@ from conftest import (
 )
 
 from pipeline import cli, contract
+from trainer.preemption import GRACE_SECONDS
 
 pytestmark = [pytest.mark.slow, BOTH_CORES]  # two workers, each wanting both cores
 
@@ -256,9 +257,12 @@ def test_the_trainer_waits_for_a_service_worker_a_signal_ends_the_wait_and_a_wor
         # No worker has joined: both wait for their first batch, and say so.
         for name, trainer in zip(("waits", "stopped"), trainers, strict=True):
             wait_for(tmp_path / f"{name}.log", re.escape(WAITING_FOR_THE_SERVICE.format(port=port)), [trainer], 240)
-        # Ctrl-C ends a wait inside TensorFlow, where Python's handler never runs: one line, exit 130, nothing saved.
+        # Ctrl-C ends a wait inside TensorFlow, where Python's handler never runs: one line, exit 130, nothing saved;
+        # at once, without the grace period, since the run has taken no step.
         trainers[1].send_signal(signal.SIGINT)
+        sent = time.monotonic()
         assert ended_within(trainers[1], 30, "a trainer waiting for a service worker, after Ctrl-C") == 130
+        assert time.monotonic() - sent < GRACE_SECONDS, f"ended {time.monotonic() - sent:.1f} s after Ctrl-C"
         assert trainers[0].poll() is None  # the other goes on waiting
         servers.append(start(["-m", "trainer.data_service", "worker", "--dispatcher", f"localhost:{port}"],
                              tmp_path / "worker.log"))  # fmt: skip
