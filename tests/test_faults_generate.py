@@ -256,12 +256,14 @@ def test_a_disk_that_fills_up_midway_ends_in_one_line_with_nothing_kept_and_then
     config_folder = small_disk / "data" / "moving_line" / "size_16"
     filler = small_disk / "filler"
     # Another program takes the space the estimate counted on. Its file is made first: on a slow machine
-    # the build's own writes can leave no room to make one midway.
-    with open(filler, "wb") as file:
+    # the build's own writes can leave no room to make one midway. Unbuffered: a buffered file keeps the tail
+    # of a write the disk could not take, and its close then fails with ENOSPC.
+    with open(filler, "wb", buffering=0) as file:
         process, _ = run_until_writing(generate_args(small_disk / "data", settings), config_folder)
         try:
             with contextlib.suppress(OSError):
-                file.write(b"\0" * (40 << 20))
+                while file.write(b"\0" * (1 << 20)):  # until the disk is full
+                    pass
             _, stderr = process.communicate(timeout=120)
         finally:
             stop_session(process)
