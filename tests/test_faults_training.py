@@ -14,7 +14,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,9 +26,11 @@ from conftest import (
     generate_args,
     kill_trainers,
     last_error_line,
+    mount_tmpfs,
     run_command,
     snapshot,
     start_trainers,
+    unmount,
 )
 
 from pipeline import contract
@@ -282,15 +283,13 @@ def test_a_run_stopped_before_its_first_checkpoint_does_not_hold_its_model_dir(o
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 2 MiB tmpfs (root only)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
+    """A 2 MiB tmpfs, unmounted afterwards; skipped where mounting is not allowed."""
     folder = tmp_path / "small_disk"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)]).returncode != 0:
-        pytest.skip("could not mount a tmpfs here")
+    why_not = mount_tmpfs(folder, "2m")
+    if why_not:
+        pytest.skip(why_not)
     yield folder
-    subprocess.run(["umount", str(folder)])
+    unmount(folder)
 
 
 @pytest.mark.xdist_group("faults_training_one_device")
