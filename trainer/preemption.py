@@ -88,6 +88,9 @@ class StopRequest(Stop):
         self.waiting_ends_at_once = False
         self._stopped = threading.Event()
         self._lock = threading.Lock()
+        # Taken by the first to end the command, never released: the watchdog and a wait marked at_once can both get
+        # there when the signal comes as the wait begins, and only one line may be said.
+        self._ending = threading.Lock()
         self._wakeup: tuple[int, int] | None = None
         self._previous_wakeup = -1
 
@@ -154,6 +157,7 @@ class StopRequest(Stop):
         self._end()
 
     def _end(self):
+        self._ending.acquire()  # a second caller waits here for the first one's os._exit
         doing = f"while waiting for {self.waiting_for}" if self.waiting_for else "before the step in progress finished"
         print(
             f"{self.prog}: error: stopped by {self.name()} {doing}; "
